@@ -1,0 +1,24 @@
+// Command mtlsproxy is a local forward proxy that adds mutual TLS: local
+// clients send plain HTTP, mtlsproxy forwards each request upstream over
+// HTTPS with a client certificate and verifies the server.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if err != errUsage {
+			fmt.Fprintln(os.Stderr, "mtlsproxy:", err)
+		}
+		os.Exit(2)
+	}
+}

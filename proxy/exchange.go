@@ -1,0 +1,175 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+type exchangeKey struct{}
+
+// exchange is the state of one proxied request, filled in as it goes and
+// written to the access log at the end.
+type exchange struct {
+	start      time.Time
+	gateway    bool
+	host       string // upstream host:port
+	route      *Route
+	status     int
+	code       string // error code, "" on success
+	detail     string // underlying error, for the log
+	bytesIn    int64
+	bytesOut   int64
+	tlsVersion uint16
+	reused     bool
+	hijacked   bool
+	trace      httptrace.ClientTrace
+}
+
+func (ex *exchange) fail(perr *proxyError, cause error) {
+	ex.code = perr.code
+	ex.detail = perr.msg
+	if cause != nil {
+		ex.detail = perr.msg + " (" + cause.Error() + ")"
+	}
+}
+
+func (ex *exchange) gotConn(info httptrace.GotConnInfo) {
+	ex.reused = info.Reused
+}
+
+func (p *Proxy) logAccess(ex *exchange, r *http.Request) {
+	ce := p.access.Check(zap.InfoLevel, "request")
+	if ce == nil {
+		return
+	}
+	route, identity := "", ""
+	if ex.route != nil {
+		route = ex.route.name
+		if ex.route.identity != nil {
+			identity = ex.route.identity.Name()
+		}
+	}
+	fields := []zap.Field{
+		zap.String("method", r.Method),
+		zap.String("host", ex.host),
+		zap.String("path", r.URL.Path),
+		zap.String("route", route),
+		zap.String("identity", identity),
+		zap.Int("status", ex.status),
+		zap.Int64("bytes_in", ex.bytesIn),
+		zap.Int64("bytes_out", ex.bytesOut),
+		zap.Duration("duration", time.Since(ex.start)),
+		zap.String("tls_version", tlsVersionName(ex.tlsVersion)),
+		zap.Bool("reused", ex.reused),
+		zap.String("error", ex.code),
+		zap.String("client", r.RemoteAddr),
+	}
+	if ex.detail != "" {
+		fields = append(fields, zap.String("detail", ex.detail))
+	}
+	ce.Write(fields...)
+}
+
+func tlsVersionName(v uint16) string {
+	if v == 0 {
+		return ""
+	}
+	return tls.VersionName(v)
+}
+
+// recorder records status and size for the access log and flushes every
+// write, so streamed responses reach the client as they arrive. It keeps
+// http.Hijacker working for upgrades.
+type recorder struct {
+	w           http.ResponseWriter
+	flusher     http.Flusher
+	ex          *exchange
+	wroteHeader bool
+}
+
+var (
+	_ http.ResponseWriter = (*recorder)(nil)
+	_ http.Flusher        = (*recorder)(nil)
+	_ http.Hijacker       = (*recorder)(nil)
+)
+
+func newRecorder(w http.ResponseWriter, ex *exchange) *recorder {
+	f, _ := w.(http.Flusher)
+	return &recorder{w: w, flusher: f, ex: ex}
+}
+
+func (w *recorder) Header() http.Header { return w.w.Header() }
+
+func (w *recorder) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.ex.status = code
+		w.wroteHeader = code >= 200 || code == http.StatusSwitchingProtocols
+	}
+	w.w.WriteHeader(code)
+}
+
+func (w *recorder) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	n, err := w.w.Write(b)
+	w.ex.bytesOut += int64(n)
+	if w.flusher != nil && err == nil {
+		w.flusher.Flush()
+	}
+	return n, err
+}
+
+func (w *recorder) Flush() {
+	if w.flusher != nil {
+		w.flusher.Flush()
+	}
+}
+
+func (w *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := w.w.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("mtlsproxy: connection cannot be hijacked")
+	}
+	w.ex.hijacked = true
+	return hj.Hijack()
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *recorder) Unwrap() http.ResponseWriter { return w.w }
+
+// countingBody counts request body bytes for the access log.
+type countingBody struct {
+	io.ReadCloser
+	n *int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	*b.n += int64(n)
+	return n, err
+}
+
+// goproxyLogger adapts goproxy's Printf-style logger to zap. The level is
+// checked before anything is formatted.
+type goproxyLogger struct{ l *zap.Logger }
+
+func (g goproxyLogger) Printf(format string, v ...any) {
+	level := zap.DebugLevel
+	if strings.Contains(format, "WARN: ") {
+		level = zap.WarnLevel
+	}
+	if g.l.Core().Enabled(level) {
+		g.l.Log(level, strings.TrimSpace(fmt.Sprintf(format, v...)))
+	}
+}

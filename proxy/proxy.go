@@ -1,0 +1,294 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/elazarl/goproxy"
+	"go.uber.org/zap"
+)
+
+// Options configure a Proxy.
+type Options struct {
+	// Routes are tried in order for absolute-form requests
+	// (GET http://host/path, as sent by clients with HTTP_PROXY set); the
+	// first route whose host patterns match the target carries the request.
+	// A target no route matches gets 403 host-not-allowed and is never
+	// dialed.
+	Routes []*Route
+	// Upstream, if set, makes the listener a gateway as well: origin-form
+	// requests (GET /path) are sent to this https URL over UpstreamRoute.
+	Upstream *url.URL
+	// UpstreamRoute carries gateway requests. Required with Upstream.
+	UpstreamRoute *Route
+	// Logger receives operational messages. If nil, nothing is logged.
+	Logger *zap.Logger
+	// AccessLog receives one line per request. It must not be sampled. If
+	// nil, Logger is used.
+	AccessLog *zap.Logger
+}
+
+// Proxy is an http.Handler that forwards plain-HTTP proxy and gateway
+// requests to their upstreams over mutual TLS.
+type Proxy struct {
+	gp       *goproxy.ProxyHttpServer
+	routes   []*Route
+	upstream *url.URL
+	upRoute  *Route
+	log      *zap.Logger
+	access   *zap.Logger
+}
+
+var _ http.Handler = (*Proxy)(nil)
+
+// errNoDirectDial guards goproxy's own transport and CONNECT dialer, which
+// must never be used: every upstream connection goes through a Route.
+var errNoDirectDial = errors.New("mtlsproxy: direct dial refused")
+
+// New builds a Proxy.
+func New(o Options) (*Proxy, error) {
+	if o.Upstream != nil {
+		if o.UpstreamRoute == nil {
+			return nil, errors.New("proxy: Upstream needs UpstreamRoute")
+		}
+		if o.Upstream.Scheme != "https" || o.Upstream.Host == "" {
+			return nil, fmt.Errorf("proxy: upstream %q must be an https:// URL with a host", o.Upstream)
+		}
+	}
+	if len(o.Routes) == 0 && o.Upstream == nil {
+		return nil, errors.New("proxy: no routes and no upstream: nothing would be allowed")
+	}
+	log := o.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	access := o.AccessLog
+	if access == nil {
+		access = log
+	}
+	p := &Proxy{routes: o.Routes, upstream: o.Upstream, upRoute: o.UpstreamRoute, log: log, access: access}
+
+	gp := goproxy.NewProxyHttpServer()
+	// Replace the defaults, which read proxy settings from the environment
+	// and skip TLS verification.
+	refuse := func(context.Context, string, string) (net.Conn, error) { return nil, errNoDirectDial }
+	gp.Tr = &http.Transport{Proxy: nil, DialContext: refuse, DialTLSContext: refuse}
+	gp.ConnectDial = func(string, string) (net.Conn, error) { return nil, errNoDirectDial }
+	gp.KeepAcceptEncoding = true
+	gp.Logger = goproxyLogger{log.WithOptions(zap.AddCallerSkip(2)).Named("goproxy")}
+	gp.Verbose = log.Core().Enabled(zap.DebugLevel)
+	gp.NonproxyHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.notProxyRequest().write(w)
+	})
+	gp.OnRequest().HandleConnectFunc(p.onConnect)
+	gp.OnRequest().DoFunc(p.onRequest)
+	gp.OnResponse().DoFunc(p.onResponse)
+	p.gp = gp
+	return p, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ex := &exchange{start: time.Now()}
+	ex.trace.GotConn = ex.gotConn
+	rec := newRecorder(w, ex)
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &countingBody{ReadCloser: r.Body, n: &ex.bytesIn}
+	}
+	switch {
+	case r.Method == http.MethodConnect:
+	case r.URL.IsAbs():
+	case p.upstream != nil && strings.HasPrefix(r.RequestURI, "/"):
+		ex.gateway = true
+		u := p.upstream
+		r.URL.Scheme = u.Scheme
+		r.URL.Host = u.Host
+		r.URL.Path, r.URL.RawPath = joinURLPath(u, r.URL)
+		if u.RawQuery != "" {
+			if r.URL.RawQuery == "" {
+				r.URL.RawQuery = u.RawQuery
+			} else {
+				r.URL.RawQuery = u.RawQuery + "&" + r.URL.RawQuery
+			}
+		}
+	default:
+		perr := p.notProxyRequest()
+		ex.fail(perr, nil)
+		perr.write(rec)
+		p.logAccess(ex, r)
+		return
+	}
+	r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
+	p.gp.ServeHTTP(rec, r)
+	p.logAccess(ex, r)
+}
+
+func (p *Proxy) notProxyRequest() *proxyError {
+	if p.upstream != nil {
+		return badRequest("request target must be a path (/...) or an absolute http:// URL")
+	}
+	return badRequest("this is a forward proxy: send requests for http://HOST/... through it (HTTP_PROXY=http://<this listener>), or start it with --upstream URL to serve paths directly")
+}
+
+// onConnect refuses every CONNECT with a real 403: a tunnel cannot carry the
+// client certificate, and an unmatched CONNECT in goproxy would otherwise be
+// an open tunnel to anywhere.
+func (p *Proxy) onConnect(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+	perr := &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
+		msg: fmt.Sprintf("CONNECT %s refused: mtlsproxy adds the client certificate to plain-HTTP requests only; use http:// URLs (http://%s/...) through HTTP_PROXY instead of https:// through HTTPS_PROXY",
+			host, stripDefaultPort(host, "443"))}
+	if ex, ok := ctx.Req.Context().Value(exchangeKey{}).(*exchange); ok {
+		ex.host = host
+		ex.fail(perr, nil)
+		ex.status = perr.status
+	}
+	resp := perr.response(ctx.Req)
+	resp.Header.Set("Connection", "close")
+	ctx.Resp = resp
+	return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, host
+}
+
+func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+	ex, ok := r.Context().Value(exchangeKey{}).(*exchange)
+	if !ok {
+		ex = &exchange{start: time.Now()}
+	}
+	ctx.UserData = ex
+	route, perr := p.prepare(r, ex)
+	if perr != nil {
+		ex.fail(perr, nil)
+		return r, perr.response(r)
+	}
+	ctx.RoundTripper = route.rt
+	return r, nil
+}
+
+// prepare routes r and rewrites it into the upstream request.
+func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
+	scheme := strings.ToLower(r.URL.Scheme)
+	if scheme != "http" && scheme != "https" {
+		return nil, badRequest("unsupported URL scheme %q: use http:// URLs", r.URL.Scheme)
+	}
+	if r.URL.User != nil {
+		return nil, badRequest("URLs with user info are not forwarded")
+	}
+	host := NormalizeHost(r.URL.Hostname())
+	if host == "" {
+		return nil, badRequest("URL %q has no host", r.URL.Redacted())
+	}
+	port := r.URL.Port()
+	if port == "" || (scheme == "http" && port == "80") {
+		port = "443"
+	} else if _, err := checkPort(port); err != nil {
+		return nil, badRequest("URL %q: %v", r.URL.Redacted(), err)
+	}
+	hostport := net.JoinHostPort(host, port)
+	ex.host = hostport
+
+	var route *Route
+	if ex.gateway {
+		route = p.upRoute
+	} else {
+		route = p.match(host, port)
+	}
+	if route == nil {
+		return nil, &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
+			msg: fmt.Sprintf("host %s is not allowed: no route matches it (add --allow %s to send the client certificate there)", hostport, host)}
+	}
+	ex.route = route
+	if id := route.identity; id != nil && id.Expired(ex.start) {
+		leaf := id.Leaf()
+		return nil, &proxyError{status: http.StatusServiceUnavailable, code: CodeIdentityUnavailable,
+			msg: fmt.Sprintf("identity %q is outside its validity period (%s to %s): renew the client certificate",
+				id.Name(), leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))}
+	}
+
+	r.URL.Scheme = "https"
+	r.URL.Host = stripDefaultPort(hostport, "443")
+	r.Host = ""
+	// A client's "Connection: close" is about its own connection; passed on,
+	// it would close the pooled upstream connection and cost a handshake.
+	r.Close = false
+	removeHopHeaders(r.Header, isUpgrade(r.Header))
+	return route, nil
+}
+
+func (p *Proxy) match(host, port string) *Route {
+	for _, rt := range p.routes {
+		if rt.match(host, port) {
+			return rt
+		}
+	}
+	return nil
+}
+
+func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Response {
+	ex, ok := ctx.UserData.(*exchange)
+	if !ok || ex.code != "" {
+		return resp // our own answer, or not a request we routed
+	}
+	if resp == nil {
+		if ctx.Error == nil {
+			return nil
+		}
+		perr := classifyUpstreamError(ctx.Error, ex.host)
+		ex.fail(perr, ctx.Error)
+		return perr.response(ctx.Req)
+	}
+	if resp.TLS != nil {
+		ex.tlsVersion = resp.TLS.Version
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		removeHopHeaders(resp.Header, false)
+	}
+	return resp
+}
+
+// stripDefaultPort drops ":port" from hostport when it is the default.
+func stripDefaultPort(hostport, def string) string {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil || port != def {
+		return hostport
+	}
+	if strings.Contains(host, ":") {
+		return "[" + host + "]"
+	}
+	return host
+}
+
+// joinURLPath joins the gateway upstream's base path and the request path,
+// as httputil.ReverseProxy does.
+func joinURLPath(a, b *url.URL) (path, rawpath string) {
+	if a.RawPath == "" && b.RawPath == "" {
+		return singleJoiningSlash(a.Path, b.Path), ""
+	}
+	apath, bpath := a.EscapedPath(), b.EscapedPath()
+	aslash, bslash := strings.HasSuffix(apath, "/"), strings.HasPrefix(bpath, "/")
+	switch {
+	case aslash && bslash:
+		return a.Path + b.Path[1:], apath + bpath[1:]
+	case !aslash && !bslash:
+		return a.Path + "/" + b.Path, apath + "/" + bpath
+	}
+	return a.Path + b.Path, apath + bpath
+}
+
+func singleJoiningSlash(a, b string) string {
+	if a == "" {
+		return b
+	}
+	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
+	switch {
+	case aslash && bslash:
+		return a + b[1:]
+	case !aslash && !bslash:
+		return a + "/" + b
+	}
+	return a + b
+}

@@ -1,0 +1,157 @@
+package proxy
+
+import (
+	"context"
+	"crypto/x509"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"time"
+
+	"github.com/elazarl/goproxy"
+	"github.com/mtlsproxy/mtlsproxy/tlsconf"
+)
+
+// Timeouts bound the upstream side of a request.
+type Timeouts struct {
+	// Dial bounds the TCP connect. If zero, 10s.
+	Dial time.Duration
+	// TLSHandshake bounds the upstream TLS handshake. If zero, 10s.
+	TLSHandshake time.Duration
+	// ResponseHeader bounds the wait for the upstream's response headers
+	// after the request has been written. If zero, 60s.
+	ResponseHeader time.Duration
+	// IdleConn is how long an idle pooled upstream connection is kept. If
+	// zero, 90s.
+	IdleConn time.Duration
+}
+
+func (t Timeouts) withDefaults() Timeouts {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&t.Dial, 10*time.Second)
+	def(&t.TLSHandshake, 10*time.Second)
+	def(&t.ResponseHeader, 60*time.Second)
+	def(&t.IdleConn, 90*time.Second)
+	return t
+}
+
+// RouteOptions describe a Route.
+type RouteOptions struct {
+	// Name labels the route in logs and metrics.
+	Name string
+	// Hosts are the upstream hosts this route carries.
+	Hosts []HostPattern
+	// Identity is the client certificate presented upstream. If nil, none.
+	Identity *tlsconf.Identity
+	// RootCAs verifies upstream servers. If nil, the system roots.
+	RootCAs *x509.CertPool
+	// ServerName overrides SNI and the verified name. If empty, the
+	// request's host.
+	ServerName string
+	// Resolve overrides the dial address per host:port, like curl --resolve.
+	Resolve Resolve
+	// Timeouts for the upstream side; zero fields take defaults.
+	Timeouts Timeouts
+	// MaxIdleConnsPerHost is the idle pool size per upstream host. If zero,
+	// 512: a proxy shared by many local clients needs a deep pool, or
+	// connections churn and every churned one costs a full mTLS handshake.
+	MaxIdleConnsPerHost int
+}
+
+// Route binds a set of upstream hosts to the identity and TLS settings
+// used to reach them. Each route owns one pooled http.Transport, because the
+// client certificate callback cannot see which server it is talking to.
+type Route struct {
+	name      string
+	hosts     []HostPattern
+	identity  *tlsconf.Identity
+	transport *http.Transport
+	rt        goproxy.RoundTripper
+}
+
+// NewRoute builds a route and its upstream transport.
+func NewRoute(o RouteOptions) *Route {
+	t := o.Timeouts.withDefaults()
+	idle := o.MaxIdleConnsPerHost
+	if idle <= 0 {
+		idle = 512
+	}
+	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
+	r := &Route{
+		name:     o.Name,
+		hosts:    o.Hosts,
+		identity: o.Identity,
+		transport: &http.Transport{
+			// Never take proxy settings from the environment: the upstream
+			// side always dials the upstream itself.
+			Proxy:       nil,
+			DialContext: o.Resolve.dialContext(dialer),
+			TLSClientConfig: tlsconf.ClientConfig(tlsconf.ClientOptions{
+				Identity:   o.Identity,
+				RootCAs:    o.RootCAs,
+				ServerName: o.ServerName,
+			}),
+			TLSHandshakeTimeout:   t.TLSHandshake,
+			ResponseHeaderTimeout: t.ResponseHeader,
+			IdleConnTimeout:       t.IdleConn,
+			ExpectContinueTimeout: time.Second,
+			MaxIdleConns:          0, // no global cap; the per-host cap applies
+			MaxIdleConnsPerHost:   idle,
+			// Keep the client's Accept-Encoding and never decompress
+			// behind its back.
+			DisableCompression: true,
+		},
+	}
+	r.rt = goproxy.RoundTripperFunc(r.roundTrip)
+	return r
+}
+
+// Name is the route's name.
+func (r *Route) Name() string { return r.name }
+
+// Identity is the route's client identity, or nil.
+func (r *Route) Identity() *tlsconf.Identity { return r.identity }
+
+// Hosts are the route's host patterns.
+func (r *Route) Hosts() []HostPattern { return r.hosts }
+
+// CloseIdleConnections closes pooled upstream connections that are idle.
+func (r *Route) CloseIdleConnections() { r.transport.CloseIdleConnections() }
+
+func (r *Route) match(host, port string) bool {
+	for _, p := range r.hosts {
+		if p.Match(host, port) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {
+	if ex, ok := ctx.UserData.(*exchange); ok {
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &ex.trace))
+	}
+	return r.transport.RoundTrip(req)
+}
+
+// Resolve maps a normalized "host:port" to the address to dial instead,
+// like curl's --resolve. The TLS server name stays the request's host.
+type Resolve map[string]string
+
+func (m Resolve) dialContext(d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if len(m) == 0 {
+		return d.DialContext
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if host, port, err := net.SplitHostPort(addr); err == nil {
+			if to, ok := m[net.JoinHostPort(NormalizeHost(host), port)]; ok {
+				addr = to
+			}
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+}

@@ -1,0 +1,47 @@
+package tlsconf
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+)
+
+// ClientOptions describes one upstream TLS client configuration.
+type ClientOptions struct {
+	// Identity is presented when the server asks for a client certificate.
+	// If nil, no client certificate is sent.
+	Identity *Identity
+	// RootCAs verifies the server's chain. If nil, the system roots are used.
+	RootCAs *x509.CertPool
+	// ServerName overrides the name sent in SNI and checked against the
+	// server certificate. If empty, the dialed host name is used.
+	ServerName string
+	// MinVersion is the lowest TLS version offered. If zero, TLS 1.2.
+	MinVersion uint16
+	// SessionCacheSize is the number of TLS sessions kept for resumption.
+	// If zero, 1024.
+	SessionCacheSize int
+}
+
+// ClientConfig builds the client *tls.Config for one upstream. Verification
+// is always on: there is deliberately no way to skip it.
+func ClientConfig(o ClientOptions) *tls.Config {
+	minVersion := o.MinVersion
+	if minVersion < tls.VersionTLS12 {
+		minVersion = tls.VersionTLS12
+	}
+	size := o.SessionCacheSize
+	if size <= 0 {
+		size = 1024
+	}
+	cfg := &tls.Config{
+		MinVersion:         minVersion,
+		RootCAs:            o.RootCAs,
+		ServerName:         o.ServerName,
+		ClientSessionCache: tls.NewLRUClientSessionCache(size),
+		NextProtos:         []string{"http/1.1"},
+	}
+	if o.Identity != nil {
+		cfg.GetClientCertificate = o.Identity.GetClientCertificate
+	}
+	return cfg
+}
