@@ -36,14 +36,18 @@ func ParseHostPattern(s string) (HostPattern, error) {
 		return p, fmt.Errorf("host pattern %q: %w", s, err)
 	}
 	p.port = port
+	wildcard := strings.HasPrefix(host, "*.")
+	if wildcard {
+		host = host[2:]
+	}
 	host = NormalizeHost(host)
 	switch {
 	case host == "":
 		return p, fmt.Errorf("host pattern %q: empty host", s)
-	case host == "*":
+	case host == "*" && !wildcard:
 		p.any = true
-	case strings.HasPrefix(host, "*."):
-		rest := host[2:]
+	case wildcard:
+		rest := host
 		if err := checkHostname(rest); err != nil {
 			return p, fmt.Errorf("host pattern %q: %w", s, err)
 		}
