@@ -102,6 +102,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = &countingBody{ReadCloser: r.Body, n: &ex.bytesIn}
 	}
 	switch {
+	case r.URL.User != nil:
+		// Refused before goproxy sees it, so the credentials in the URL
+		// never reach even a debug log.
+		perr := badRequest("URLs with user info (user:password@) are not forwarded")
+		ex.fail(perr, nil)
+		perr.write(rec)
+		p.logAccess(ex, r)
+		return
 	case r.Method == http.MethodConnect:
 	case r.URL.IsAbs():
 	case p.upstream != nil && strings.HasPrefix(r.RequestURI, "/"):

@@ -624,3 +624,44 @@ func TestNewRejectsNothingAllowed(t *testing.T) {
 		t.Error("New with an http:// upstream succeeded; want an error")
 	}
 }
+
+func TestRawRequests(t *testing.T) {
+	set := pkitest.New(t)
+	up := newUpstream(t, set.ServerTLS(), whoami)
+	tp := newTestProxy(t, set, []string{"api.internal"}, resolveTo(up.port, "api.internal:"+up.port))
+	tests := []struct {
+		name, requestLine string
+		status            int
+		code, contains    string
+	}{
+		{"userinfo", "GET http://user:hunter2@api.internal:" + up.port + "/ HTTP/1.1", 400, CodeBadRequest, "user info"},
+		{"ftp scheme", "GET ftp://api.internal:" + up.port + "/ HTTP/1.1", 400, CodeBadRequest, "unsupported URL scheme"},
+		{"bad port", "GET http://api.internal:0/ HTTP/1.1", 400, CodeBadRequest, "bad port"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", tp.url.Host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "%s\r\nHost: api.internal\r\n\r\n", tt.requestLine)
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			wantError(t, resp, string(b), tt.status, tt.code, tt.contains)
+		})
+	}
+	for _, e := range tp.logs.All() {
+		for _, f := range e.Context {
+			if strings.Contains(f.String, "hunter2") {
+				t.Errorf("password from the URL in log line %q field %s", e.Message, f.Key)
+			}
+		}
+	}
+	if n := up.conns.Load(); n != 0 {
+		t.Errorf("upstream accepted %d connections; want 0", n)
+	}
+}
