@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki"
@@ -45,6 +46,9 @@ func (c *cli) demoCmd(ctx context.Context, args []string) error {
 	if err := checkListen("--listen", *listenAddr, false); err != nil {
 		return err
 	}
+	if strings.HasPrefix(*listenAddr, "unix:") {
+		return fmt.Errorf("demo --listen %s: the demo listens on TCP only (the curl line needs a host:port)", *listenAddr)
+	}
 	dir, err := os.MkdirTemp("", "mtlsproxy-demo-")
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
@@ -55,12 +59,12 @@ func (c *cli) demoCmd(ctx context.Context, args []string) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 
-	upstream, err := startDemoUpstream(files)
+	upstream, upAddr, err := startDemoUpstream(files)
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
 	defer upstream.Close()
-	upPort := upstream.Addr().(*net.TCPAddr).Port
+	upPort := upAddr.(*net.TCPAddr).Port
 
 	proxyAddr := *listenAddr
 	if ln, err := net.Listen("tcp", proxyAddr); err != nil {
@@ -68,12 +72,13 @@ func (c *cli) demoCmd(ctx context.Context, args []string) error {
 	} else {
 		ln.Close()
 	}
+	resolve := demoHost + ":443:127.0.0.1:" + strconv.Itoa(upPort)
 	runArgs := []string{
 		"--listen", proxyAddr,
 		"--cert", files.clientCert, "--key", files.clientKey,
 		"--cacert", files.caCert,
 		"--allow", demoHost,
-		"--resolve", demoHost + ":443:127.0.0.1:" + strconv.Itoa(upPort),
+		"--resolve", resolve,
 		"--log-format", "console",
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -104,7 +109,7 @@ func (c *cli) demoCmd(ctx context.Context, args []string) error {
 	fmt.Fprintf(c.stdout, "  %s\n  %s\n", status, body)
 	fmt.Fprintf(c.stdout, "Try it yourself while the demo runs (Ctrl-C to stop):\n\n  curl -x %s %s\n\n", proxyURL, target)
 	fmt.Fprintf(c.stdout, "The same proxy, started by hand:\n\n  mtlsproxy run --listen %s --cert %s --key %s --cacert %s --allow %s --resolve %s\n\n",
-		addr, files.clientCert, files.clientKey, files.caCert, demoHost, runArgs[11])
+		addr, files.clientCert, files.clientKey, files.caCert, demoHost, resolve)
 	return <-done
 }
 
@@ -140,14 +145,14 @@ func writeDemoPKI(dir string) (*demoFiles, error) {
 
 // startDemoUpstream serves HTTPS on 127.0.0.1, requiring a client
 // certificate from the demo CA, and answers with the subject it saw.
-func startDemoUpstream(f *demoFiles) (net.Listener, error) {
+func startDemoUpstream(f *demoFiles) (*http.Server, net.Addr, error) {
 	cert, err := tls.LoadX509KeyPair(f.serverCert, f.serverKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pool, err := loadPool(f.caCert)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
 		Certificates: []tls.Certificate{cert},
@@ -156,7 +161,7 @@ func startDemoUpstream(f *demoFiles) (net.Listener, error) {
 		MinVersion:   tls.VersionTLS12,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	srv := &http.Server{
 		ReadHeaderTimeout: 10 * time.Second,
@@ -168,7 +173,7 @@ func startDemoUpstream(f *demoFiles) (net.Listener, error) {
 		}),
 	}
 	go func() { _ = srv.Serve(ln) }()
-	return ln, nil
+	return srv, ln.Addr(), nil
 }
 
 func demoRequest(ctx context.Context, proxyURL, target string) (body, status string, err error) {

@@ -29,7 +29,12 @@ func parseResolve(s string) (key, addr string, err error) {
 	if !ok {
 		return "", "", fmt.Errorf("--resolve %q: want HOST:PORT:ADDR", s)
 	}
-	if host == "" || strings.ContainsAny(host, "[]/ ") {
+	// Check the host as --server-name is checked: "." or "a..b" would
+	// otherwise give a key (":443", "a..b:443") that no request host matches.
+	if strings.ContainsAny(host, "[]/ *") {
+		return "", "", fmt.Errorf("--resolve %q: bad host %q", s, host)
+	}
+	if _, err := proxy.ParseHostPattern(host); err != nil {
 		return "", "", fmt.Errorf("--resolve %q: bad host %q", s, host)
 	}
 	if !validPort(port) {
@@ -79,7 +84,7 @@ func checkListen(flagName, addr string, unsafe bool) error {
 	if err != nil {
 		return fmt.Errorf("%s %q: want HOST:PORT or unix:PATH", flagName, addr)
 	}
-	if _, err := strconv.Atoi(port); err != nil {
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 		return fmt.Errorf("%s %q: bad port %q", flagName, addr, port)
 	}
 	if unsafe {

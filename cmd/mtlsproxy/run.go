@@ -115,6 +115,9 @@ func (c *cli) applyEnv(fs *flag.FlagSet) error {
 			values = strings.Split(v, ",")
 		}
 		for _, one := range values {
+			if strings.TrimSpace(one) == "" {
+				continue
+			}
 			if err := fs.Set(f.Name, strings.TrimSpace(one)); err != nil {
 				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
 			}
@@ -242,6 +245,14 @@ func (c *cli) runCmd(ctx context.Context, args []string) error {
 	if c.onListen != nil {
 		c.onListen("listen", ln.Addr())
 	}
+	defer func() {
+		for _, r := range opts.Routes {
+			r.CloseIdleConnections()
+		}
+		if opts.UpstreamRoute != nil {
+			opts.UpstreamRoute.CloseIdleConnections()
+		}
+	}()
 	return serve(ctx, logger, ln, handler)
 }
 
