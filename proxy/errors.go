@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/mtlsproxy/mtlsproxy/tlsconf"
 )
 
 // Error codes sent to the client in the X-Mtlsproxy-Error header. They are
@@ -79,6 +81,14 @@ func badRequest(format string, args ...any) *proxyError {
 	return &proxyError{status: http.StatusBadRequest, code: CodeBadRequest, msg: fmt.Sprintf(format, args...)}
 }
 
+// ClassifyUpstreamError explains an error from dialing or handshaking with
+// an upstream the way a client would be told: the status, the error code
+// and a one-line message. hostport names the upstream in the message.
+func ClassifyUpstreamError(err error, hostport string) (status int, code, msg string) {
+	e := classifyUpstreamError(err, hostport)
+	return e.status, e.code, e.msg
+}
+
 // classifyUpstreamError turns a Transport error into the error the client
 // sees. hostport names the upstream in the message.
 func classifyUpstreamError(err error, hostport string) *proxyError {
@@ -99,10 +109,13 @@ func classifyUpstreamError(err error, hostport string) *proxyError {
 		recordErr   tls.RecordHeaderError
 		dnsErr      *net.DNSError
 		opErr       *net.OpError
+		peerErr     *tlsconf.VerifyError
 	)
 	switch {
 	case errors.Is(err, context.Canceled):
 		return &proxyError{status: http.StatusBadGateway, code: codeClientClosed, msg: "client closed the request before the upstream answered"}
+	case errors.As(err, &peerErr):
+		return tlsErr("TLS handshake failed: %v", peerErr)
 	case errors.As(err, &unknownAuth):
 		issuer := ""
 		if unknownAuth.Cert != nil {

@@ -22,6 +22,7 @@ type exchangeKey struct{}
 type exchange struct {
 	start      time.Time
 	gateway    bool
+	connect    bool
 	host       string // upstream host:port
 	route      *Route
 	status     int

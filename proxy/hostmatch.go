@@ -171,3 +171,12 @@ func checkHostname(h string) error {
 	}
 	return nil
 }
+
+// Exact returns the host and port of a pattern that names one host (not a
+// wildcard); port is "" when the pattern allows any port.
+func (p HostPattern) Exact() (host, port string, ok bool) {
+	if p.any || p.suffix != "" {
+		return "", "", false
+	}
+	return p.exact, p.port, true
+}

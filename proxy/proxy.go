@@ -144,22 +144,52 @@ func (p *Proxy) notProxyRequest() *proxyError {
 	return badRequest("this is a forward proxy: send requests for http://HOST/... through it (HTTP_PROXY=http://<this listener>), or start it with --upstream URL to serve paths directly")
 }
 
-// onConnect refuses every CONNECT with a real 403: a tunnel cannot carry the
-// client certificate, and an unmatched CONNECT in goproxy would otherwise be
-// an open tunnel to anywhere.
-func (p *Proxy) onConnect(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
-	perr := &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
-		msg: fmt.Sprintf("CONNECT %s refused: mtlsproxy adds the client certificate to plain-HTTP requests only; use http:// URLs (http://%s/...) through HTTP_PROXY instead of https:// through HTTPS_PROXY",
-			host, stripDefaultPort(host, "443"))}
-	if ex, ok := ctx.Req.Context().Value(exchangeKey{}).(*exchange); ok {
-		ex.host = host
+// onConnect answers CONNECT. A tunnel cannot carry the client certificate,
+// so only routes with connect: tunnel get one; everything else gets a real
+// 403 (an unmatched CONNECT in goproxy would be an open tunnel to anywhere).
+func (p *Proxy) onConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+	ex, ok := ctx.Req.Context().Value(exchangeKey{}).(*exchange)
+	if !ok {
+		ex = &exchange{start: time.Now()}
+	}
+	ex.connect = true
+	host, port, err := net.SplitHostPort(target)
+	if err != nil {
+		host, port = target, "443"
+	}
+	host = NormalizeHost(host)
+	ex.host = net.JoinHostPort(host, port)
+	var perr *proxyError
+	route := p.match(host, port)
+	switch {
+	case host == "" || !validPort(port):
+		perr = badRequest("CONNECT target %q is not host:port", target)
+	case route == nil:
+		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
+			msg: fmt.Sprintf("CONNECT %s refused: no route allows this host", ex.host)}
+	case route.connect != ConnectTunnel:
+		ex.route = route
+		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
+			msg: fmt.Sprintf("CONNECT %s refused: mtlsproxy adds the client certificate to plain-HTTP requests only; use http:// URLs (http://%s/...) through HTTP_PROXY instead of https:// through HTTPS_PROXY",
+				ex.host, stripDefaultPort(ex.host, "443"))}
+	}
+	if perr != nil {
 		ex.fail(perr, nil)
 		ex.status = perr.status
+		resp := perr.response(ctx.Req)
+		resp.Header.Set("Connection", "close")
+		ctx.Resp = resp
+		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
 	}
-	resp := perr.response(ctx.Req)
-	resp.Header.Set("Connection", "close")
-	ctx.Resp = resp
-	return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, host
+	ex.route = route
+	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
+		p.tunnel(req, client, route, ex)
+	}}, target
+}
+
+func validPort(p string) bool {
+	_, err := checkPort(p)
+	return err == nil
 }
 
 func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {

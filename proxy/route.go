@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"net"
 	"net/http"
@@ -24,6 +25,9 @@ type Timeouts struct {
 	// IdleConn is how long an idle pooled upstream connection is kept. If
 	// zero, 90s.
 	IdleConn time.Duration
+	// TunnelIdle closes a CONNECT tunnel after this long without traffic in
+	// either direction. If zero, 5 minutes.
+	TunnelIdle time.Duration
 }
 
 func (t Timeouts) withDefaults() Timeouts {
@@ -36,6 +40,7 @@ func (t Timeouts) withDefaults() Timeouts {
 	def(&t.TLSHandshake, 10*time.Second)
 	def(&t.ResponseHeader, 60*time.Second)
 	def(&t.IdleConn, 90*time.Second)
+	def(&t.TunnelIdle, 5*time.Minute)
 	return t
 }
 
@@ -52,8 +57,22 @@ type RouteOptions struct {
 	// ServerName overrides SNI and the verified name. If empty, the
 	// request's host.
 	ServerName string
-	// Resolve overrides the dial address per host:port, like curl --resolve.
+	// Address, if set, is dialed for every upstream connection of this
+	// route instead of the request's host:port (SNI and verification still
+	// use the host).
+	Address string
+	// Resolve overrides the dial address per host:port, like curl
+	// --resolve. Address takes precedence.
 	Resolve Resolve
+	// MinVersion is the lowest upstream TLS version. If zero, TLS 1.2.
+	MinVersion uint16
+	// VerifySAN and Pins add server certificate checks; see
+	// tlsconf.ClientOptions.
+	VerifySAN []string
+	Pins      []tlsconf.Pin
+	// Connect decides what a CONNECT to this route's hosts gets. The zero
+	// value rejects.
+	Connect ConnectPolicy
 	// Timeouts for the upstream side; zero fields take defaults.
 	Timeouts Timeouts
 	// MaxIdleConnsPerHost is the idle pool size per upstream host. If zero,
@@ -69,9 +88,24 @@ type Route struct {
 	name      string
 	hosts     []HostPattern
 	identity  *tlsconf.Identity
+	connect   ConnectPolicy
+	timeouts  Timeouts
+	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
+	tlsConfig *tls.Config
 	transport *http.Transport
 	rt        goproxy.RoundTripper
 }
+
+// ConnectPolicy is what a route does with CONNECT requests.
+type ConnectPolicy int
+
+const (
+	// ConnectReject answers 403: a tunnel cannot carry the identity.
+	ConnectReject ConnectPolicy = iota
+	// ConnectTunnel passes the client's own TLS through untouched; no
+	// identity is added.
+	ConnectTunnel
+)
 
 // NewRoute builds a route and its upstream transport.
 func NewRoute(o RouteOptions) *Route {
@@ -81,20 +115,34 @@ func NewRoute(o RouteOptions) *Route {
 		idle = 512
 	}
 	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
+	dial := o.Resolve.dialContext(dialer)
+	if o.Address != "" {
+		dial = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, o.Address)
+		}
+	}
+	tlsCfg := tlsconf.ClientConfig(tlsconf.ClientOptions{
+		Identity:   o.Identity,
+		RootCAs:    o.RootCAs,
+		ServerName: o.ServerName,
+		MinVersion: o.MinVersion,
+		VerifySAN:  o.VerifySAN,
+		Pins:       o.Pins,
+	})
 	r := &Route{
-		name:     o.Name,
-		hosts:    o.Hosts,
-		identity: o.Identity,
+		name:      o.Name,
+		hosts:     o.Hosts,
+		identity:  o.Identity,
+		connect:   o.Connect,
+		timeouts:  t,
+		dial:      dial,
+		tlsConfig: tlsCfg,
 		transport: &http.Transport{
 			// Never take proxy settings from the environment: the upstream
 			// side always dials the upstream itself.
-			Proxy:       nil,
-			DialContext: o.Resolve.dialContext(dialer),
-			TLSClientConfig: tlsconf.ClientConfig(tlsconf.ClientOptions{
-				Identity:   o.Identity,
-				RootCAs:    o.RootCAs,
-				ServerName: o.ServerName,
-			}),
+			Proxy:                 nil,
+			DialContext:           dial,
+			TLSClientConfig:       tlsCfg,
 			TLSHandshakeTimeout:   t.TLSHandshake,
 			ResponseHeaderTimeout: t.ResponseHeader,
 			IdleConnTimeout:       t.IdleConn,
@@ -118,6 +166,17 @@ func (r *Route) Identity() *tlsconf.Identity { return r.identity }
 
 // Hosts are the route's host patterns.
 func (r *Route) Hosts() []HostPattern { return r.hosts }
+
+// TLSConfig returns the route's upstream TLS client configuration, for
+// callers that handshake outside the proxy (such as a pre-flight check).
+// It must not be modified.
+func (r *Route) TLSConfig() *tls.Config { return r.tlsConfig }
+
+// Dial connects to addr (host:port) the way the route's requests do,
+// honouring Address and Resolve.
+func (r *Route) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	return r.dial(ctx, "tcp", addr)
+}
 
 // CloseIdleConnections closes pooled upstream connections that are idle.
 func (r *Route) CloseIdleConnections() { r.transport.CloseIdleConnections() }

@@ -17,6 +17,13 @@ type ClientOptions struct {
 	ServerName string
 	// MinVersion is the lowest TLS version offered. If zero, TLS 1.2.
 	MinVersion uint16
+	// VerifySAN, if set, requires the server certificate to carry one of
+	// these names (DNS names, IPs, or URIs such as SPIFFE IDs), on top of
+	// the usual chain and host name checks.
+	VerifySAN []string
+	// Pins, if set, requires the server leaf's public key to match one of
+	// these SHA-256 SubjectPublicKeyInfo digests.
+	Pins []Pin
 	// SessionCacheSize is the number of TLS sessions kept for resumption.
 	// If zero, 1024.
 	SessionCacheSize int
@@ -39,6 +46,7 @@ func ClientConfig(o ClientOptions) *tls.Config {
 		ServerName:         o.ServerName,
 		ClientSessionCache: tls.NewLRUClientSessionCache(size),
 		NextProtos:         []string{"http/1.1"},
+		VerifyConnection:   verifyPeer(o.VerifySAN, o.Pins),
 	}
 	if o.Identity != nil {
 		cfg.GetClientCertificate = o.Identity.GetClientCertificate

@@ -40,6 +40,7 @@ Usage:
 
 Commands:
   run       run the proxy
+  check     validate a config file; with --dial, handshake with every upstream
   demo      run a throwaway mTLS server and the proxy, and show a request
   version   print the version
 
@@ -54,6 +55,8 @@ func (c *cli) main(ctx context.Context, args []string) error {
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "run":
 		return c.runCmd(ctx, rest)
+	case "check":
+		return c.checkCmd(ctx, rest)
 	case "demo":
 		return c.demoCmd(ctx, rest)
 	case "version":
@@ -93,4 +96,21 @@ func (s *stringList) String() string { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error {
 	*s = append(*s, v)
 	return nil
+}
+
+// exitCode prints err (unless it is already shown) and returns the process
+// exit status: 2 for usage errors, the code of an *exitError, else 1.
+func exitCode(err error, stderr io.Writer) int {
+	if err == errUsage {
+		return 2
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	if msg := err.Error(); msg != "" {
+		fmt.Fprintln(stderr, "mtlsproxy:", msg)
+	}
+	return code
 }

@@ -224,6 +224,7 @@ func TestRunFlagsEnvironment(t *testing.T) {
 			}
 			want := defaults
 			tt.want(&want)
+			got.set, want.set = nil, nil
 			if !reflect.DeepEqual(*got, want) {
 				t.Errorf("parseRunFlags = %+v\nwant %+v", *got, want)
 			}
@@ -288,8 +289,8 @@ func TestValidateUnsafeListen(t *testing.T) {
 			if unsafe {
 				if err != nil {
 					t.Errorf("validate with --unsafe-listen: %v", err)
-				} else if st.identity == nil || len(st.allow) != 1 {
-					t.Errorf("validate returned identity %v, allow %v; want both set", st.identity, st.allow)
+				} else if len(st.routes) != 1 || st.routes[0].opts.Identity == nil || len(st.routes[0].opts.Hosts) != 1 {
+					t.Errorf("validate returned routes %+v; want one route with an identity and one host", st.routes)
 				}
 				return
 			}

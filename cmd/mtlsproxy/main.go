@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -16,9 +15,6 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		if err != errUsage {
-			fmt.Fprintln(os.Stderr, "mtlsproxy:", err)
-		}
-		os.Exit(2)
+		os.Exit(exitCode(err, os.Stderr))
 	}
 }

@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
-	"strings"
+		"strings"
 	"time"
 
 	"github.com/mtlsproxy/mtlsproxy/proxy"
-	"github.com/mtlsproxy/mtlsproxy/tlsconf"
 	"go.uber.org/zap"
 )
 
@@ -29,12 +27,20 @@ reached; any other host gets 403 and is never dialed.
 Gateway mode: with --upstream, requests for a path (GET /x) go to that one
 upstream, for apps that take a base URL but cannot use a proxy.
 
+Config file: --config FILE describes several identities, trust bundles,
+routes and gateway listeners (see the README). With a file, --listen,
+--unsafe-listen, --log-level, --log-format and --resolve override it; the
+single-identity flags (--cert, --key, --cacert, --allow, --upstream,
+--server-name) cannot be combined with it.
+
 Examples:
   mtlsproxy run --cert client.crt --key client.key --cacert ca.crt --allow api.internal
   mtlsproxy run --cert client.crt --key client.key --upstream https://api.internal:8443
+  mtlsproxy run --config /etc/mtlsproxy/config.yaml
 
 Flags (each can also be set as MTLSPROXY_<NAME>, e.g. MTLSPROXY_CACERT;
 repeatable flags take a comma-separated list there):
+  --config FILE            YAML config file (check it with: mtlsproxy check --config FILE)
   --listen ADDR            listener for local clients: HOST:PORT or unix:PATH
                            (default 127.0.0.1:8080)
   --unsafe-listen          allow a --listen address that is not loopback
@@ -59,6 +65,7 @@ repeatable flags take a comma-separated list there):
 
 // runConfig is everything "run" needs, from flags and the environment.
 type runConfig struct {
+	Config       string
 	Listen       string
 	UnsafeListen bool
 	Cert         string
@@ -70,11 +77,15 @@ type runConfig struct {
 	Resolve      []string
 	LogLevel     string
 	LogFormat    string
+	// set names the flags given on the command line or in the
+	// environment, which override the config file.
+	set map[string]bool
 }
 
 func (c *cli) parseRunFlags(args []string) (*runConfig, error) {
 	cfg := &runConfig{}
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.StringVar(&cfg.Config, "config", "", "")
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "")
 	fs.BoolVar(&cfg.UnsafeListen, "unsafe-listen", false, "")
 	fs.StringVar(&cfg.Cert, "cert", "", "")
@@ -92,6 +103,8 @@ func (c *cli) parseRunFlags(args []string) (*runConfig, error) {
 	if err := c.applyEnv(fs); err != nil {
 		return nil, err
 	}
+	cfg.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { cfg.set[f.Name] = true })
 	return cfg, nil
 }
 
@@ -126,134 +139,130 @@ func (c *cli) applyEnv(fs *flag.FlagSet) error {
 	return errors.Join(errs...)
 }
 
-// settings is a validated runConfig, ready to build the proxy from.
-type settings struct {
-	cfg      *runConfig
-	identity *tlsconf.Identity
-	allow    []proxy.HostPattern
-	upstream *url.URL
-	resolve  proxy.Resolve
-	level    zap.AtomicLevel
-}
-
-// validate checks every setting and reports all problems at once, each
-// naming its flag.
-func (cfg *runConfig) validate() (*settings, error) {
-	s := &settings{cfg: cfg, resolve: proxy.Resolve{}}
-	var errs []error
-	add := func(err error) {
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	add(checkListen("--listen", cfg.Listen, cfg.UnsafeListen))
-	switch {
-	case cfg.Cert == "" && cfg.Key == "":
-		add(errors.New("no client identity: give --cert FILE and --key FILE"))
-	case cfg.Cert == "":
-		add(errors.New("--key given without --cert"))
-	case cfg.Key == "":
-		add(errors.New("--cert given without --key"))
-	default:
-		id, err := tlsconf.LoadPEMIdentity("default", cfg.Cert, cfg.Key)
-		if err != nil {
-			add(fmt.Errorf("--cert/--key: %w", err))
-		}
-		s.identity = id
-	}
-	for _, a := range cfg.Allow {
-		p, err := proxy.ParseHostPattern(a)
-		if err != nil {
-			add(fmt.Errorf("--allow: %w", err))
-			continue
-		}
-		s.allow = append(s.allow, p)
-	}
-	if cfg.Upstream != "" {
-		u, err := parseUpstream(cfg.Upstream)
-		add(err)
-		s.upstream = u
-	}
-	if len(cfg.Allow) == 0 && cfg.Upstream == "" {
-		add(errNothingAllowed)
-	}
-	if cfg.ServerName != "" {
-		if _, err := proxy.ParseHostPattern(cfg.ServerName); err != nil || strings.ContainsAny(cfg.ServerName, "*:") {
-			add(fmt.Errorf("--server-name %q: not a host name", cfg.ServerName))
-		}
-	}
-	for _, r := range cfg.Resolve {
-		k, v, err := parseResolve(r)
-		if err != nil {
-			add(err)
-			continue
-		}
-		s.resolve[k] = v
-	}
-	level, err := zap.ParseAtomicLevel(cfg.LogLevel)
-	if err != nil || cfg.LogLevel == "" {
-		add(fmt.Errorf("--log-level %q: want debug, info, warn or error", cfg.LogLevel))
-	}
-	s.level = level
-	if cfg.LogFormat != "json" && cfg.LogFormat != "console" {
-		add(fmt.Errorf("--log-format %q: want json or console", cfg.LogFormat))
-	}
-	return s, errors.Join(errs...)
-}
-
 func (c *cli) runCmd(ctx context.Context, args []string) error {
 	cfg, err := c.parseRunFlags(args)
 	if err != nil {
 		return ignoreHelp(err)
 	}
-	s, err := cfg.validate()
+	pl, err := cfg.plan()
 	if err != nil {
 		return err
 	}
-	logger, access := newLoggers(c.stderr, cfg.LogFormat, s.level)
+	logger, access := newLoggers(c.stderr, pl.format, pl.level)
 	defer func() { _ = logger.Sync() }()
+	return c.serveAll(ctx, pl, logger, access)
+}
 
-	roots, err := tlsconf.LoadCAFiles(cfg.CACerts)
-	if err != nil {
-		return fmt.Errorf("--cacert: %w", err)
+// plan validates the flags, or reads the config file they name and applies
+// the flags that override it.
+func (cfg *runConfig) plan() (*plan, error) {
+	if cfg.Config == "" {
+		return cfg.validate()
 	}
-	opts := proxy.Options{Logger: logger, AccessLog: access}
-	routeOpts := proxy.RouteOptions{Identity: s.identity, RootCAs: roots, ServerName: cfg.ServerName, Resolve: s.resolve}
-	if len(s.allow) > 0 {
-		ro := routeOpts
-		ro.Name, ro.Hosts = "forward", s.allow
-		opts.Routes = append(opts.Routes, proxy.NewRoute(ro))
-	}
-	if s.upstream != nil {
-		p, err := upstreamPattern(s.upstream)
-		if err != nil {
-			return fmt.Errorf("--upstream: %w", err)
+	var clash []string
+	for _, name := range []string{"cert", "key", "cacert", "allow", "upstream", "server-name"} {
+		if cfg.set[name] {
+			clash = append(clash, "--"+name)
 		}
-		ro := routeOpts
-		ro.Name, ro.Hosts = "gateway", []proxy.HostPattern{p}
-		opts.Upstream, opts.UpstreamRoute = s.upstream, proxy.NewRoute(ro)
 	}
-	handler, err := proxy.New(opts)
+	if len(clash) > 0 {
+		return nil, fmt.Errorf("%s cannot be combined with --config: describe identities and routes in the file", strings.Join(clash, ", "))
+	}
+	fc, probs, err := readConfigFile(cfg.Config)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ln, err := listen(cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
+	if cfg.set["listen"] {
+		fc.Listen = cfg.Listen
 	}
-	logStartup(logger, s, ln.Addr())
-	if c.onListen != nil {
-		c.onListen("listen", ln.Addr())
+	if cfg.set["unsafe-listen"] {
+		fc.UnsafeListen = cfg.UnsafeListen
+	}
+	if cfg.set["log-level"] {
+		fc.Log.Level = cfg.LogLevel
+	}
+	if cfg.set["log-format"] {
+		fc.Log.Format = cfg.LogFormat
+	}
+	fc.Resolve = append(fc.Resolve, cfg.Resolve...)
+	pl := planFromFile(fc, probs)
+	return pl, probs.err()
+}
+
+// serveAll builds the proxies of pl, listens, and serves until ctx ends.
+func (c *cli) serveAll(ctx context.Context, pl *plan, logger, access *zap.Logger) error {
+	var routes []*proxy.Route
+	var all []*proxy.Route
+	for _, rp := range pl.routes {
+		r := proxy.NewRoute(rp.opts)
+		routes = append(routes, r)
+		all = append(all, r)
+	}
+	main := proxy.Options{Routes: routes, Logger: logger, AccessLog: access}
+	if pl.upstream != nil {
+		main.Upstream = pl.upstream
+		main.UpstreamRoute = proxy.NewRoute(pl.upstreamRoute.opts)
+		all = append(all, main.UpstreamRoute)
 	}
 	defer func() {
-		for _, r := range opts.Routes {
+		for _, r := range all {
 			r.CloseIdleConnections()
 		}
-		if opts.UpstreamRoute != nil {
-			opts.UpstreamRoute.CloseIdleConnections()
+	}()
+	type server struct {
+		name string
+		ln   net.Listener
+		h    http.Handler
+	}
+	var servers []server
+	defer func() {
+		for _, s := range servers {
+			_ = s.ln.Close()
 		}
 	}()
-	return serve(ctx, logger, ln, handler)
+	start := func(name, addr string, o proxy.Options) error {
+		h, err := proxy.New(o)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		ln, err := listen(addr)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		servers = append(servers, server{name, ln, h})
+		return nil
+	}
+	if len(main.Routes) > 0 || main.Upstream != nil {
+		if err := start("listen", pl.listen, main); err != nil {
+			return err
+		}
+	}
+	for _, g := range pl.gateways {
+		r := proxy.NewRoute(g.route.opts)
+		all = append(all, r)
+		o := proxy.Options{Upstream: g.upstream, UpstreamRoute: r, Logger: logger, AccessLog: access}
+		if err := start(g.name, g.listen, o); err != nil {
+			return err
+		}
+	}
+	logStartup(logger, pl, servers[0].ln.Addr())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		if c.onListen != nil {
+			c.onListen(s.name, s.ln.Addr())
+		}
+		go func() { errc <- serve(ctx, logger, s.ln, s.h) }()
+	}
+	var first error
+	for range servers {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			cancel() // one listener failed: stop the others too
+		}
+	}
+	return first
 }
 
 // serve runs the HTTP server until ctx ends, then drains it.
@@ -281,46 +290,52 @@ func serve(ctx context.Context, logger *zap.Logger, ln net.Listener, h http.Hand
 	return nil
 }
 
-func logStartup(logger *zap.Logger, s *settings, addr net.Addr) {
-	mode := "forward"
-	switch {
-	case s.upstream != nil && len(s.allow) > 0:
-		mode = "forward+gateway"
-	case s.upstream != nil:
-		mode = "gateway"
-	}
-	allow := make([]string, len(s.allow))
-	for i, p := range s.allow {
-		allow[i] = p.String()
-	}
-	trust := "system roots"
-	if len(s.cfg.CACerts) > 0 {
-		trust = strings.Join(s.cfg.CACerts, ",")
-	}
-	fields := []zap.Field{
-		zap.String("listen", listenName(addr)),
-		zap.String("mode", mode),
-		zap.Strings("allow", allow),
-		zap.String("trust", trust),
-	}
-	if s.upstream != nil {
-		fields = append(fields, zap.String("upstream", s.upstream.String()))
-	}
-	if s.identity != nil {
-		leaf := s.identity.Leaf()
-		fields = append(fields,
-			zap.String("identity_subject", leaf.Subject.String()),
-			zap.Time("identity_not_after", leaf.NotAfter))
+func logStartup(logger *zap.Logger, pl *plan, addr net.Addr) {
+	for _, name := range sortedKeys(pl.identities) {
+		id := pl.identities[name]
+		leaf := id.Leaf()
+		fields := []zap.Field{zap.String("identity", name), zap.String("subject", leaf.Subject.String()),
+			zap.String("issuer", leaf.Issuer.String()), zap.Time("not_after", leaf.NotAfter)}
 		now := time.Now()
 		switch {
-		case s.identity.Expired(now):
-			logger.Warn("client certificate is outside its validity period; requests will get 503 identity-unavailable until it is renewed",
-				zap.Time("not_before", leaf.NotBefore), zap.Time("not_after", leaf.NotAfter))
+		case id.Expired(now):
+			logger.Warn("client certificate is outside its validity period; its routes answer 503 identity-unavailable until it is renewed",
+				append(fields, zap.Time("not_before", leaf.NotBefore))...)
 		case leaf.NotAfter.Sub(now) < 7*24*time.Hour:
-			logger.Warn("client certificate expires soon", zap.Time("not_after", leaf.NotAfter))
+			logger.Warn("client certificate expires within 7 days", fields...)
+		default:
+			logger.Info("identity loaded", fields...)
 		}
 	}
-	logger.Info("mtlsproxy started", fields...)
+	describe := func(kind string, rp *routePlan, extra ...zap.Field) {
+		fields := append([]zap.Field{zap.String("route", rp.opts.Name), zap.Strings("hosts", rp.hosts),
+			zap.String("identity", rp.identity), zap.String("trust", rp.trust)}, extra...)
+		if rp.opts.Identity != nil {
+			fields = append(fields, zap.String("identity_subject", rp.opts.Identity.Leaf().Subject.String()),
+				zap.Time("identity_not_after", rp.opts.Identity.Leaf().NotAfter))
+		}
+		logger.Info(kind, fields...)
+	}
+	mode := "forward"
+	switch {
+	case pl.upstream != nil && len(pl.routes) > 0:
+		mode = "forward+gateway"
+	case pl.upstream != nil:
+		mode = "gateway"
+	case len(pl.routes) == 0:
+		mode = "gateways only"
+	}
+	for _, rp := range pl.routes {
+		describe("route", rp, zap.Bool("connect_tunnel", rp.opts.Connect == proxy.ConnectTunnel))
+	}
+	if pl.upstream != nil {
+		describe("gateway", pl.upstreamRoute, zap.String("upstream", pl.upstream.String()), zap.String("listen", listenName(addr)))
+	}
+	for _, g := range pl.gateways {
+		describe("gateway", g.route, zap.String("upstream", g.upstream.String()), zap.String("listen", g.listen))
+	}
+	logger.Info("mtlsproxy started", zap.String("listen", listenName(addr)), zap.String("mode", mode),
+		zap.Int("routes", len(pl.routes)), zap.Int("gateways", len(pl.gateways)))
 }
 
 func listenName(a net.Addr) string {

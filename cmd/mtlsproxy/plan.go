@@ -1,0 +1,458 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/mtlsproxy/mtlsproxy/proxy"
+	"github.com/mtlsproxy/mtlsproxy/tlsconf"
+	"go.uber.org/zap"
+)
+
+// plan is a validated configuration, from flags or from a file, with
+// identities and trust bundles loaded: everything needed to start.
+type plan struct {
+	listen       string
+	unsafeListen bool
+	level        zap.AtomicLevel
+	format       string
+	resolve      proxy.Resolve
+	identities   map[string]*tlsconf.Identity
+	routes       []*routePlan
+	// upstream and upstreamRoute make the main listener a gateway too
+	// (--upstream).
+	upstream      *url.URL
+	upstreamRoute *routePlan
+	gateways      []*gatewayPlan
+	// declared names, loaded or not, so that a route naming an identity
+	// that failed to load is not also reported as unknown.
+	declared map[string]bool
+}
+
+// routePlan is one route, or the route behind a gateway.
+type routePlan struct {
+	opts     proxy.RouteOptions
+	identity string // identity name, or "none"
+	trust    string // trust bundle name, or "system roots"
+	hosts    []string
+}
+
+type gatewayPlan struct {
+	name     string
+	listen   string
+	upstream *url.URL
+	route    *routePlan
+}
+
+// identityNone in a route or gateway means: no client certificate.
+const identityNone = "none"
+
+// validate checks the flag-only configuration and reports all problems at
+// once, each naming its flag.
+func (cfg *runConfig) validate() (*plan, error) {
+	pl := &plan{listen: cfg.Listen, unsafeListen: cfg.UnsafeListen, format: cfg.LogFormat,
+		resolve: proxy.Resolve{}, identities: map[string]*tlsconf.Identity{}}
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	add(checkListen("--listen", cfg.Listen, cfg.UnsafeListen))
+	var id *tlsconf.Identity
+	switch {
+	case cfg.Cert == "" && cfg.Key == "":
+		add(errors.New("no client identity: give --cert FILE and --key FILE (or --config FILE)"))
+	case cfg.Cert == "":
+		add(errors.New("--key given without --cert"))
+	case cfg.Key == "":
+		add(errors.New("--cert given without --key"))
+	default:
+		var err error
+		if id, err = tlsconf.LoadPEMIdentity("default", cfg.Cert, cfg.Key); err != nil {
+			add(fmt.Errorf("--cert/--key: %w", err))
+		} else {
+			pl.identities["default"] = id
+		}
+	}
+	var allow []proxy.HostPattern
+	for _, a := range cfg.Allow {
+		p, err := proxy.ParseHostPattern(a)
+		if err != nil {
+			add(fmt.Errorf("--allow: %w", err))
+			continue
+		}
+		allow = append(allow, p)
+	}
+	if cfg.Upstream != "" {
+		u, err := parseUpstream(cfg.Upstream)
+		add(err)
+		pl.upstream = u
+	}
+	if len(cfg.Allow) == 0 && cfg.Upstream == "" {
+		add(errNothingAllowed)
+	}
+	if cfg.ServerName != "" && !validServerName(cfg.ServerName) {
+		add(fmt.Errorf("--server-name %q: not a host name", cfg.ServerName))
+	}
+	for _, r := range cfg.Resolve {
+		k, v, err := parseResolve(r)
+		if err != nil {
+			add(err)
+			continue
+		}
+		pl.resolve[k] = v
+	}
+	level, err := parseLevel(cfg.LogLevel)
+	if err != nil {
+		add(fmt.Errorf("--log-level %w", err))
+	}
+	pl.level = level
+	if err := checkFormat(cfg.LogFormat); err != nil {
+		add(fmt.Errorf("--log-format %w", err))
+	}
+	roots, err := tlsconf.LoadCAFiles(cfg.CACerts)
+	if err != nil {
+		add(fmt.Errorf("--cacert: %w", err))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	trust := "system roots"
+	if len(cfg.CACerts) > 0 {
+		trust = strings.Join(cfg.CACerts, ",")
+	}
+	base := proxy.RouteOptions{Identity: id, RootCAs: roots, ServerName: cfg.ServerName, Resolve: pl.resolve}
+	if len(allow) > 0 {
+		ro := base
+		ro.Name, ro.Hosts = "forward", allow
+		pl.routes = append(pl.routes, &routePlan{opts: ro, identity: "default", trust: trust, hosts: cfg.Allow})
+	}
+	if pl.upstream != nil {
+		p, err := upstreamPattern(pl.upstream)
+		if err != nil {
+			return nil, fmt.Errorf("--upstream: %w", err)
+		}
+		ro := base
+		ro.Name, ro.Hosts = "gateway", []proxy.HostPattern{p}
+		pl.upstreamRoute = &routePlan{opts: ro, identity: "default", trust: trust, hosts: []string{p.String()}}
+	}
+	return pl, nil
+}
+
+func parseLevel(s string) (zap.AtomicLevel, error) {
+	level, err := zap.ParseAtomicLevel(s)
+	if err != nil || s == "" {
+		return level, fmt.Errorf("%q: want debug, info, warn or error", s)
+	}
+	return level, nil
+}
+
+func checkFormat(s string) error {
+	if s != "json" && s != "console" {
+		return fmt.Errorf("%q: want json or console", s)
+	}
+	return nil
+}
+
+func validServerName(s string) bool {
+	_, err := proxy.ParseHostPattern(s)
+	return err == nil && !strings.ContainsAny(s, "*:[")
+}
+
+// planFromFile validates a decoded config file. Every problem is added to
+// probs with its field path; the plan is usable only if probs is empty.
+func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
+	pl := &plan{listen: cfg.Listen, unsafeListen: cfg.UnsafeListen, format: cfg.Log.Format,
+		resolve: proxy.Resolve{}, identities: map[string]*tlsconf.Identity{}, declared: map[string]bool{}}
+	for name := range cfg.Identities {
+		pl.declared["identity:"+name] = true
+	}
+	for name := range cfg.Trust {
+		pl.declared["trust:"+name] = true
+	}
+	if pl.listen == "" {
+		pl.listen = "127.0.0.1:8080"
+	}
+	if err := checkListen("listen", pl.listen, pl.unsafeListen); err != nil {
+		probs.add("", "%v", err)
+	}
+	if cfg.Admin != "" {
+		probs.add("admin", "the admin listener is not available in this version of mtlsproxy; remove the key")
+	}
+	if cfg.MitmCA != nil {
+		probs.add("mitm_ca", "connect: mitm is not available in this version of mtlsproxy; remove the key")
+	}
+	level := cfg.Log.Level
+	if level == "" {
+		level = "info"
+	}
+	var err error
+	if pl.level, err = parseLevel(level); err != nil {
+		probs.add("log.level", "%v", err)
+	}
+	if pl.format == "" {
+		pl.format = "json"
+	}
+	if err := checkFormat(pl.format); err != nil {
+		probs.add("log.format", "%v", err)
+	}
+	for i, r := range cfg.Resolve {
+		k, v, err := parseResolve(r)
+		if err != nil {
+			probs.add(fmt.Sprintf("resolve[%d]", i), "%v", err)
+			continue
+		}
+		pl.resolve[k] = v
+	}
+	for _, name := range sortedKeys(cfg.Identities) {
+		if id := loadIdentity(name, cfg.Identities[name], probs); id != nil {
+			pl.identities[name] = id
+		}
+	}
+	pools := map[string]*x509.CertPool{}
+	for _, name := range sortedKeys(cfg.Trust) {
+		if pool := loadTrust(name, cfg.Trust[name], probs); pool != nil {
+			pools[name] = pool
+		}
+	}
+	names := map[string]string{}
+	uniqueName := func(path, name, def string) string {
+		explicit := name != ""
+		if !explicit {
+			name = def
+		}
+		if prev, dup := names[name]; dup {
+			if explicit {
+				probs.add(path+".name", "name %q is already used by %s", name, prev)
+			}
+			name = name + "#" + path
+		}
+		names[name] = path
+		return name
+	}
+	for i, r := range cfg.Routes {
+		path := fmt.Sprintf("routes[%d]", i)
+		hosts := r.Hosts
+		switch {
+		case r.Host != "" && len(r.Hosts) > 0:
+			probs.add(path, "give host or hosts, not both")
+		case r.Host != "":
+			hosts = []string{r.Host}
+		case len(r.Hosts) == 0:
+			probs.add(path+".host", "required: the upstream host this route carries (api.internal, *.corp.example, optional :port)")
+		}
+		rp := &routePlan{hosts: hosts}
+		for j, h := range hosts {
+			p, err := proxy.ParseHostPattern(h)
+			if err != nil {
+				hp := path + ".host"
+				if r.Host == "" {
+					hp = fmt.Sprintf("%s.hosts[%d]", path, j)
+				}
+				probs.add(hp, "%v", err)
+				continue
+			}
+			rp.opts.Hosts = append(rp.opts.Hosts, p)
+		}
+		def := path
+		if len(hosts) > 0 {
+			def = hosts[0]
+		}
+		rp.opts.Name = uniqueName(path, r.Name, def)
+		upstreamOptions(path, r.upstreamConfig, pl, pools, rp, probs)
+		switch r.Connect {
+		case "", "reject":
+		case "tunnel":
+			rp.opts.Connect = proxy.ConnectTunnel
+		case "mitm":
+			probs.add(path+".connect", "mitm is not available in this version of mtlsproxy; use reject or tunnel")
+		default:
+			probs.add(path+".connect", "%q: want reject or tunnel", r.Connect)
+		}
+		pl.routes = append(pl.routes, rp)
+	}
+	for i, g := range cfg.Gateways {
+		path := fmt.Sprintf("gateways[%d]", i)
+		gp := &gatewayPlan{listen: g.Listen, route: &routePlan{}}
+		if g.Listen == "" {
+			probs.add(path+".listen", "required: the address this gateway listens on, such as 127.0.0.1:8081")
+		} else if err := checkListen("listen", g.Listen, cfg.UnsafeListen); err != nil {
+			probs.add(path+".listen", "%v", strings.TrimPrefix(err.Error(), "listen "))
+		}
+		if g.Upstream == "" {
+			probs.add(path+".upstream", "required: the https:// URL this gateway forwards to")
+		} else if u, err := parseUpstream(g.Upstream); err != nil {
+			probs.add(path+".upstream", "%v", strings.TrimPrefix(err.Error(), "--upstream "))
+		} else if p, err := upstreamPattern(u); err != nil {
+			probs.add(path+".upstream", "%v", err)
+		} else {
+			gp.upstream = u
+			gp.route.opts.Hosts = []proxy.HostPattern{p}
+			gp.route.hosts = []string{p.String()}
+		}
+		def := path
+		if g.Listen != "" {
+			def = "gateway " + g.Listen
+		}
+		gp.name = uniqueName(path, g.Name, def)
+		gp.route.opts.Name = gp.name
+		upstreamOptions(path, g.upstreamConfig, pl, pools, gp.route, probs)
+		pl.gateways = append(pl.gateways, gp)
+	}
+	if len(cfg.Routes) == 0 && len(cfg.Gateways) == 0 {
+		probs.add("routes", "nothing is allowed: add at least one route or gateway")
+	}
+	return pl
+}
+
+// upstreamOptions validates the settings routes and gateways share and
+// fills rp.
+func upstreamOptions(path string, u upstreamConfig, pl *plan, pools map[string]*x509.CertPool, rp *routePlan, probs *configProblems) {
+	switch u.Identity {
+	case "":
+		probs.add(path+".identity", "required: an identity name, or none for no client certificate")
+	case identityNone:
+		rp.identity = identityNone
+	default:
+		rp.identity = u.Identity
+		id, ok := pl.identities[u.Identity]
+		if !ok && !pl.declared["identity:"+u.Identity] {
+			probs.add(path+".identity", "unknown identity %q%s", u.Identity, known("identities", declaredNames(pl.declared, "identity:")))
+		}
+		rp.opts.Identity = id
+	}
+	rp.trust = "system roots"
+	if u.Trust != "" {
+		rp.trust = u.Trust
+		pool, ok := pools[u.Trust]
+		if !ok && !pl.declared["trust:"+u.Trust] {
+			probs.add(path+".trust", "unknown trust bundle %q%s", u.Trust, known("trust bundles", declaredNames(pl.declared, "trust:")))
+		}
+		rp.opts.RootCAs = pool
+	}
+	if u.ServerName != "" && !validServerName(u.ServerName) {
+		probs.add(path+".server_name", "%q is not a host name", u.ServerName)
+	}
+	rp.opts.ServerName = u.ServerName
+	if u.Address != "" {
+		if _, port, err := net.SplitHostPort(u.Address); err != nil || !validPort(port) {
+			probs.add(path+".address", "%q: want HOST:PORT, such as 10.0.0.5:8443", u.Address)
+		}
+	}
+	rp.opts.Address = u.Address
+	rp.opts.Resolve = pl.resolve
+	for i, s := range u.Verify.SAN {
+		if strings.TrimSpace(s) == "" {
+			probs.add(fmt.Sprintf("%s.verify.san[%d]", path, i), "empty name")
+		}
+	}
+	rp.opts.VerifySAN = u.Verify.SAN
+	for i, s := range u.Verify.Pins {
+		pin, err := tlsconf.ParsePin(s)
+		if err != nil {
+			probs.add(fmt.Sprintf("%s.verify.pins[%d]", path, i), "%v", err)
+			continue
+		}
+		rp.opts.Pins = append(rp.opts.Pins, pin)
+	}
+	switch u.MinTLS {
+	case "", "1.2":
+		rp.opts.MinVersion = tls.VersionTLS12
+	case "1.3":
+		rp.opts.MinVersion = tls.VersionTLS13
+	default:
+		probs.add(path+".min_tls", "%q: want 1.2 or 1.3", u.MinTLS)
+	}
+}
+
+func loadIdentity(name string, ic identityConfig, probs *configProblems) *tlsconf.Identity {
+	path := "identities." + name
+	if name == identityNone {
+		probs.add(path, "%q is reserved: it means no client certificate", identityNone)
+		return nil
+	}
+	if ic.PKCS12 != "" || ic.PasswordFile != "" {
+		probs.add(path, "PKCS#12 identities are not available in this version of mtlsproxy; use cert and key (PEM)")
+		return nil
+	}
+	ok := true
+	for _, f := range []struct{ key, file string }{{"cert", ic.Cert}, {"key", ic.Key}} {
+		if f.file == "" {
+			probs.add(path+"."+f.key, "required")
+			ok = false
+		} else if fh, err := os.Open(f.file); err != nil {
+			probs.add(path+"."+f.key, "%v", err)
+			ok = false
+		} else {
+			_ = fh.Close()
+		}
+	}
+	if !ok {
+		return nil
+	}
+	id, err := tlsconf.LoadPEMIdentity(name, ic.Cert, ic.Key)
+	if err != nil {
+		probs.add(path, "%v", err)
+		return nil
+	}
+	return id
+}
+
+func loadTrust(name string, tc trustConfig, probs *configProblems) *x509.CertPool {
+	path := "trust." + name
+	if len(tc.CAFiles) == 0 && !tc.System {
+		probs.add(path, "give ca_files, or system: true for the system roots")
+		return nil
+	}
+	ok := true
+	for i, f := range tc.CAFiles {
+		if _, err := tlsconf.LoadTrust([]string{f}, false); err != nil {
+			probs.add(fmt.Sprintf("%s.ca_files[%d]", path, i), "%v", err)
+			ok = false
+		}
+	}
+	if !ok {
+		return nil
+	}
+	pool, err := tlsconf.LoadTrust(tc.CAFiles, tc.System)
+	if err != nil {
+		probs.add(path, "%v", err)
+		return nil
+	}
+	return pool
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func declaredNames(declared map[string]bool, prefix string) []string {
+	var names []string
+	for k := range declared {
+		if name, ok := strings.CutPrefix(k, prefix); ok {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+func known(what string, names []string) string {
+	if len(names) == 0 {
+		return " (no " + what + " are defined)"
+	}
+	return " (known " + what + ": " + strings.Join(names, ", ") + ")"
+}
