@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-		"strings"
+	"strings"
 	"time"
 
 	"github.com/mtlsproxy/mtlsproxy/proxy"
