@@ -26,6 +26,8 @@ const (
 	CodeIdentityUnavailable = "identity-unavailable" // 503: the route's identity is not loaded or has expired
 	CodeBadRequest          = "bad-request"          // 400: malformed request or URL
 
+	// codeInternal answers a panic in mtlsproxy itself.
+	codeInternal = "internal"
 	// codeClientClosed is logged, never sent: the client went away before
 	// the upstream answered.
 	codeClientClosed = "client-closed"

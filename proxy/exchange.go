@@ -48,7 +48,15 @@ func (ex *exchange) gotConn(info httptrace.GotConnInfo) {
 	ex.reused = info.Reused
 }
 
+// logAccess ends the exchange: it records its metrics and writes its
+// access-log line.
 func (p *Proxy) logAccess(ex *exchange, r *http.Request) {
+	elapsed := time.Since(ex.start)
+	rm := p.unrouted
+	if ex.route != nil {
+		rm = ex.route.metrics
+	}
+	rm.observe(ex.status, ex.code, elapsed.Seconds())
 	ce := p.access.Check(zap.InfoLevel, "request")
 	if ce == nil {
 		return
@@ -69,7 +77,7 @@ func (p *Proxy) logAccess(ex *exchange, r *http.Request) {
 		zap.Int("status", ex.status),
 		zap.Int64("bytes_in", ex.bytesIn),
 		zap.Int64("bytes_out", ex.bytesOut),
-		zap.Duration("duration", time.Since(ex.start)),
+		zap.Duration("duration", elapsed),
 		zap.String("tls_version", tlsVersionName(ex.tlsVersion)),
 		zap.Bool("reused", ex.reused),
 		zap.String("error", ex.code),
@@ -86,6 +94,30 @@ func tlsVersionName(v uint16) string {
 		return ""
 	}
 	return tls.VersionName(v)
+}
+
+// recoverPanic answers a panic in the request path with a 500, logs it
+// with its stack, and keeps the process up. http.ErrAbortHandler is the
+// server's own signal and passes through.
+func (p *Proxy) recoverPanic(w *recorder, r *http.Request, ex *exchange) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if v == http.ErrAbortHandler {
+		panic(v)
+	}
+	p.log.Error("panic while handling a request", zap.Any("panic", v), zap.String("method", r.Method),
+		zap.String("host", ex.host), zap.Stack("stack"))
+	perr := &proxyError{status: http.StatusInternalServerError, code: codeInternal,
+		msg: "internal error while handling the request (logged with a stack trace)"}
+	ex.fail(perr, nil)
+	if !w.wroteHeader && !ex.hijacked {
+		perr.write(w)
+	} else {
+		ex.status = http.StatusInternalServerError
+	}
+	p.logAccess(ex, r)
 }
 
 // recorder records status and size for the access log and flushes every

@@ -32,6 +32,9 @@ type Options struct {
 	// AccessLog receives one line per request. It must not be sampled. If
 	// nil, Logger is used.
 	AccessLog *zap.Logger
+	// Metrics records requests; give the same Metrics to the routes. If
+	// nil, nothing is recorded.
+	Metrics *Metrics
 }
 
 // Proxy is an http.Handler that forwards plain-HTTP proxy and gateway
@@ -43,6 +46,8 @@ type Proxy struct {
 	upRoute  *Route
 	log      *zap.Logger
 	access   *zap.Logger
+	// unrouted counts requests that matched no route.
+	unrouted *routeMetrics
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -72,7 +77,8 @@ func New(o Options) (*Proxy, error) {
 	if access == nil {
 		access = log
 	}
-	p := &Proxy{routes: o.Routes, upstream: o.Upstream, upRoute: o.UpstreamRoute, log: log, access: access}
+	p := &Proxy{routes: o.Routes, upstream: o.Upstream, upRoute: o.UpstreamRoute, log: log, access: access,
+		unrouted: o.Metrics.route("")}
 
 	gp := goproxy.NewProxyHttpServer()
 	// Replace the defaults, which read proxy settings from the environment
@@ -98,6 +104,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex := &exchange{start: time.Now()}
 	ex.trace.GotConn = ex.gotConn
 	rec := newRecorder(w, ex)
+	defer p.recoverPanic(rec, r, ex)
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countingBody{ReadCloser: r.Body, n: &ex.bytesIn}
 	}

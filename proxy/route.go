@@ -73,6 +73,8 @@ type RouteOptions struct {
 	// Connect decides what a CONNECT to this route's hosts gets. The zero
 	// value rejects.
 	Connect ConnectPolicy
+	// Metrics records handshakes and requests. If nil, nothing is recorded.
+	Metrics *Metrics
 	// Timeouts for the upstream side; zero fields take defaults.
 	Timeouts Timeouts
 	// MaxIdleConnsPerHost is the idle pool size per upstream host. If zero,
@@ -94,6 +96,7 @@ type Route struct {
 	tlsConfig *tls.Config
 	transport *http.Transport
 	rt        goproxy.RoundTripper
+	metrics   *routeMetrics
 }
 
 // ConnectPolicy is what a route does with CONNECT requests.
@@ -137,22 +140,26 @@ func NewRoute(o RouteOptions) *Route {
 		timeouts:  t,
 		dial:      dial,
 		tlsConfig: tlsCfg,
-		transport: &http.Transport{
-			// Never take proxy settings from the environment: the upstream
-			// side always dials the upstream itself.
-			Proxy:                 nil,
-			DialContext:           dial,
-			TLSClientConfig:       tlsCfg,
-			TLSHandshakeTimeout:   t.TLSHandshake,
-			ResponseHeaderTimeout: t.ResponseHeader,
-			IdleConnTimeout:       t.IdleConn,
-			ExpectContinueTimeout: time.Second,
-			MaxIdleConns:          0, // no global cap; the per-host cap applies
-			MaxIdleConnsPerHost:   idle,
-			// Keep the client's Accept-Encoding and never decompress
-			// behind its back.
-			DisableCompression: true,
-		},
+		metrics:   o.Metrics.route(o.Name),
+	}
+	r.transport = &http.Transport{
+		// Never take proxy settings from the environment: the upstream
+		// side always dials the upstream itself.
+		Proxy:       nil,
+		DialContext: dial,
+		// The route does the TLS handshake itself, to count it; tlsConfig
+		// stays here for anything that looks at it.
+		DialTLSContext:        r.dialTLS,
+		TLSClientConfig:       tlsCfg,
+		TLSHandshakeTimeout:   t.TLSHandshake,
+		ResponseHeaderTimeout: t.ResponseHeader,
+		IdleConnTimeout:       t.IdleConn,
+		ExpectContinueTimeout: time.Second,
+		MaxIdleConns:          0, // no global cap; the per-host cap applies
+		MaxIdleConnsPerHost:   idle,
+		// Keep the client's Accept-Encoding and never decompress behind
+		// its back.
+		DisableCompression: true,
 	}
 	r.rt = goproxy.RoundTripperFunc(r.roundTrip)
 	return r
@@ -196,6 +203,44 @@ func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Respo
 	}
 	return r.transport.RoundTrip(req)
 }
+
+// dialTLS connects and does the upstream TLS handshake, bounded by the
+// TLS handshake timeout.
+func (r *Route) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+	conn, err := r.dial(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	cfg := r.tlsConfig
+	if cfg.ServerName == "" {
+		host, _, _ := net.SplitHostPort(addr)
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	tc := tls.Client(conn, cfg)
+	hctx, cancel := context.WithTimeout(ctx, r.timeouts.TLSHandshake)
+	err = tc.HandshakeContext(hctx)
+	timedOut := hctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
+	cancel()
+	if err != nil {
+		_ = conn.Close()
+		if timedOut {
+			err = errHandshakeTimeout{}
+		}
+		r.metrics.handshake(err)
+		return nil, err
+	}
+	r.metrics.handshake(nil)
+	return tc, nil
+}
+
+// errHandshakeTimeout is the upstream TLS handshake running past its
+// timeout.
+type errHandshakeTimeout struct{}
+
+func (errHandshakeTimeout) Error() string   { return "TLS handshake timeout" }
+func (errHandshakeTimeout) Timeout() bool   { return true }
+func (errHandshakeTimeout) Temporary() bool { return true }
 
 // Resolve maps a normalized "host:port" to the address to dial instead,
 // like curl's --resolve. The TLS server name stays the request's host.

@@ -30,6 +30,10 @@ func (p *Proxy) tunnel(req *http.Request, client net.Conn, route *Route, ex *exc
 		return
 	}
 	defer up.Close()
+	if rm := route.metrics; rm != nil {
+		rm.m.tunnels.Inc()
+		defer rm.m.tunnels.Dec()
+	}
 	ex.status = http.StatusOK
 	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return

@@ -42,6 +42,7 @@ Commands:
   run       run the proxy
   check     validate a config file; with --dial, handshake with every upstream
   demo      run a throwaway mTLS server and the proxy, and show a request
+  health    exit 0 if a running proxy is ready (asks its admin listener)
   version   print the version
 
 Run "mtlsproxy <command> --help" for the flags of a command.
@@ -59,6 +60,8 @@ func (c *cli) main(ctx context.Context, args []string) error {
 		return c.checkCmd(ctx, rest)
 	case "demo":
 		return c.demoCmd(ctx, rest)
+	case "health":
+		return c.healthCmd(ctx, rest)
 	case "version":
 		return c.versionCmd(rest)
 	case "help", "-h", "-help", "--help":

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -22,8 +23,13 @@ type fileConfig struct {
 	Listen string `yaml:"listen"`
 	// UnsafeListen allows non-loopback listeners.
 	UnsafeListen bool `yaml:"unsafe_listen"`
-	// Admin is the admin listener (not available in this version).
+	// Admin is the admin listener; off if empty.
 	Admin string `yaml:"admin"`
+	// MaxConnections caps open client connections per listener; 0 means
+	// no cap.
+	MaxConnections int `yaml:"max_connections"`
+	// Timeouts; zero fields take the defaults of the matching flags.
+	Timeouts timeoutsConfig `yaml:"timeouts"`
 	// Log sets level (default info) and format (default json).
 	Log logConfig `yaml:"log"`
 	// MitmCA is the local CA for connect: mitm (not available in this
@@ -40,6 +46,17 @@ type fileConfig struct {
 	Routes []routeConfig `yaml:"routes"`
 	// Gateways are extra listeners, each bound to one upstream.
 	Gateways []gatewayConfig `yaml:"gateways"`
+}
+
+type timeoutsConfig struct {
+	Dial             time.Duration `yaml:"dial"`
+	TLSHandshake     time.Duration `yaml:"tls_handshake"`
+	ResponseHeader   time.Duration `yaml:"response_header"`
+	IdleConn         time.Duration `yaml:"idle_conn"`
+	TunnelIdle       time.Duration `yaml:"tunnel_idle"`
+	ClientReadHeader time.Duration `yaml:"client_read_header"`
+	ClientIdle       time.Duration `yaml:"client_idle"`
+	Shutdown         time.Duration `yaml:"shutdown"`
 }
 
 type logConfig struct {
@@ -233,7 +250,7 @@ func indexLines(n *yaml.Node, path string, lines map[string]int) {
 var (
 	yamlFieldNotFound = regexp.MustCompile(`^line (\d+): field (\S+) not found in type main\.(\w+)$`)
 	yamlSection       = map[string]string{
-		"fileConfig": "the top level", "logConfig": "log", "mitmCAConfig": "mitm_ca",
+		"fileConfig": "the top level", "logConfig": "log", "timeoutsConfig": "timeouts", "mitmCAConfig": "mitm_ca",
 		"identityConfig": "an identity", "trustConfig": "a trust bundle", "verifyConfig": "verify",
 		"routeConfig": "a route", "gatewayConfig": "a gateway",
 	}
@@ -277,6 +294,7 @@ func readableYAMLError(e string) (line int, msg string) {
 
 var configTypes = map[string]reflect.Type{
 	"fileConfig": reflect.TypeFor[fileConfig](), "logConfig": reflect.TypeFor[logConfig](),
+	"timeoutsConfig": reflect.TypeFor[timeoutsConfig](),
 	"mitmCAConfig": reflect.TypeFor[mitmCAConfig](), "identityConfig": reflect.TypeFor[identityConfig](),
 	"trustConfig": reflect.TypeFor[trustConfig](), "verifyConfig": reflect.TypeFor[verifyConfig](),
 	"routeConfig": reflect.TypeFor[routeConfig](), "gatewayConfig": reflect.TypeFor[gatewayConfig](),

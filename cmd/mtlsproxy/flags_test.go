@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mtlsproxy/mtlsproxy/proxy"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki/pkitest"
@@ -180,7 +181,10 @@ func parseWithEnv(env map[string]string, args ...string) (*runConfig, error) {
 }
 
 func TestRunFlagsEnvironment(t *testing.T) {
-	defaults := runConfig{Listen: "127.0.0.1:8080", LogLevel: "info", LogFormat: "json"}
+	defaults := runConfig{Listen: "127.0.0.1:8080", LogLevel: "info", LogFormat: "json",
+		ShutdownTimeout: 30 * time.Second, ReadHeaderTimeout: 30 * time.Second, ClientIdleTimeout: 2 * time.Minute,
+		DialTimeout: 10 * time.Second, TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 60 * time.Second,
+		IdleConnTimeout: 90 * time.Second}
 	tests := []struct {
 		name string
 		env  map[string]string

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/mtlsproxy/mtlsproxy/proxy"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf"
@@ -31,6 +32,15 @@ type plan struct {
 	upstream      *url.URL
 	upstreamRoute *routePlan
 	gateways      []*gatewayPlan
+	// admin is the admin listener address, or "".
+	admin    string
+	maxConns int
+	// upstream is the upstream side of every route; the rest are the
+	// client side.
+	timeouts          proxy.Timeouts
+	readHeaderTimeout time.Duration
+	clientIdleTimeout time.Duration
+	shutdownTimeout   time.Duration
 	// declared names, loaded or not, so that a route naming an identity
 	// that failed to load is not also reported as unknown.
 	declared map[string]bool
@@ -66,6 +76,23 @@ func (cfg *runConfig) validate() (*plan, error) {
 		}
 	}
 	add(checkListen("--listen", cfg.Listen, cfg.UnsafeListen))
+	if cfg.Admin != "" {
+		add(checkListen("--admin", cfg.Admin, cfg.UnsafeListen))
+	}
+	pl.admin, pl.maxConns = cfg.Admin, cfg.MaxConnections
+	if cfg.MaxConnections < 0 {
+		add(fmt.Errorf("--max-connections %d: want 0 (no limit) or more", cfg.MaxConnections))
+	}
+	pl.timeouts = proxy.Timeouts{Dial: cfg.DialTimeout, TLSHandshake: cfg.TLSHandshakeTimeout,
+		ResponseHeader: cfg.ResponseHeaderTimeout, IdleConn: cfg.IdleConnTimeout}
+	pl.readHeaderTimeout, pl.clientIdleTimeout, pl.shutdownTimeout = cfg.ReadHeaderTimeout, cfg.ClientIdleTimeout, cfg.ShutdownTimeout
+	for name, d := range map[string]time.Duration{"--dial-timeout": cfg.DialTimeout, "--tls-handshake-timeout": cfg.TLSHandshakeTimeout,
+		"--response-header-timeout": cfg.ResponseHeaderTimeout, "--idle-conn-timeout": cfg.IdleConnTimeout,
+		"--read-header-timeout": cfg.ReadHeaderTimeout, "--client-idle-timeout": cfg.ClientIdleTimeout, "--shutdown-timeout": cfg.ShutdownTimeout} {
+		if d <= 0 {
+			add(fmt.Errorf("%s %s: want a positive duration", name, d))
+		}
+	}
 	var id *tlsconf.Identity
 	switch {
 	case cfg.Cert == "" && cfg.Key == "":
@@ -185,8 +212,35 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 		probs.add("", "%v", err)
 	}
 	if cfg.Admin != "" {
-		probs.add("admin", "the admin listener is not available in this version of mtlsproxy; remove the key")
+		if err := checkListen("admin", cfg.Admin, cfg.UnsafeListen); err != nil {
+			probs.add("admin", "%v", strings.TrimPrefix(err.Error(), "admin "))
+		}
 	}
+	pl.admin, pl.maxConns = cfg.Admin, cfg.MaxConnections
+	if cfg.MaxConnections < 0 {
+		probs.add("max_connections", "%d: want 0 (no limit) or more", cfg.MaxConnections)
+	}
+	t := cfg.Timeouts
+	for _, d := range []struct {
+		key string
+		v   *time.Duration
+		def time.Duration
+	}{
+		{"dial", &t.Dial, 10 * time.Second}, {"tls_handshake", &t.TLSHandshake, 10 * time.Second},
+		{"response_header", &t.ResponseHeader, 60 * time.Second}, {"idle_conn", &t.IdleConn, 90 * time.Second},
+		{"tunnel_idle", &t.TunnelIdle, 5 * time.Minute}, {"client_read_header", &t.ClientReadHeader, 30 * time.Second},
+		{"client_idle", &t.ClientIdle, 2 * time.Minute}, {"shutdown", &t.Shutdown, 30 * time.Second},
+	} {
+		switch {
+		case *d.v < 0:
+			probs.add("timeouts."+d.key, "%s: want a positive duration", *d.v)
+		case *d.v == 0:
+			*d.v = d.def
+		}
+	}
+	pl.timeouts = proxy.Timeouts{Dial: t.Dial, TLSHandshake: t.TLSHandshake, ResponseHeader: t.ResponseHeader,
+		IdleConn: t.IdleConn, TunnelIdle: t.TunnelIdle}
+	pl.readHeaderTimeout, pl.clientIdleTimeout, pl.shutdownTimeout = t.ClientReadHeader, t.ClientIdle, t.Shutdown
 	if cfg.MitmCA != nil {
 		probs.add("mitm_ca", "connect: mitm is not available in this version of mtlsproxy; remove the key")
 	}

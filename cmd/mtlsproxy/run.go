@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"strings"
 	"time"
 
@@ -58,8 +57,29 @@ repeatable flags take a comma-separated list there):
                            instead of the request's host
   --resolve HOST:PORT:ADDR dial ADDR (an IP, optionally with :PORT) for HOST:PORT,
                            like curl --resolve (repeatable)
+  --admin ADDR             admin listener: /healthz, /readyz, /metrics, /loglevel
+                           (off unless given; loopback unless --unsafe-listen)
+  --max-connections N      open client connections per listener; past it, new
+                           connections wait in the kernel's accept queue (default 0:
+                           no limit)
   --log-level LEVEL        debug, info, warn or error (default info)
   --log-format FORMAT      json or console (default json)
+
+Timeouts (durations such as 500ms, 10s, 2m):
+  --dial-timeout D             upstream TCP connect (default 10s)
+  --tls-handshake-timeout D    upstream TLS handshake (default 10s)
+  --response-header-timeout D  upstream response headers after the request is
+                               sent (default 60s); bodies have no time limit
+  --idle-conn-timeout D        idle pooled upstream connection (default 90s)
+  --read-header-timeout D      client request headers (default 30s)
+  --client-idle-timeout D      idle client keep-alive connection (default 2m)
+  --shutdown-timeout D         on SIGTERM/SIGINT, time for in-flight requests to
+                               finish before the rest are closed (default 30s)
+  There is no write timeout: a long download or stream is never cut.
+
+Signals: SIGTERM or SIGINT drains and exits 0; SIGHUP reloads the client
+certificates from their files (a file that fails to load keeps the old one).
+
   -h, --help               show this help
 `
 
@@ -77,6 +97,17 @@ type runConfig struct {
 	Resolve      []string
 	LogLevel     string
 	LogFormat    string
+	Admin        string
+	// MaxConnections caps open client connections per listener; 0 means
+	// no cap.
+	MaxConnections        int
+	ShutdownTimeout       time.Duration
+	ReadHeaderTimeout     time.Duration
+	ClientIdleTimeout     time.Duration
+	DialTimeout           time.Duration
+	TLSHandshakeTimeout   time.Duration
+	ResponseHeaderTimeout time.Duration
+	IdleConnTimeout       time.Duration
 	// set names the flags given on the command line or in the
 	// environment, which override the config file.
 	set map[string]bool
@@ -97,6 +128,15 @@ func (c *cli) parseRunFlags(args []string) (*runConfig, error) {
 	fs.Var((*stringList)(&cfg.Resolve), "resolve", "")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "")
 	fs.StringVar(&cfg.LogFormat, "log-format", "json", "")
+	fs.StringVar(&cfg.Admin, "admin", "", "")
+	fs.IntVar(&cfg.MaxConnections, "max-connections", 0, "")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "")
+	fs.DurationVar(&cfg.ReadHeaderTimeout, "read-header-timeout", 30*time.Second, "")
+	fs.DurationVar(&cfg.ClientIdleTimeout, "client-idle-timeout", 2*time.Minute, "")
+	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", 10*time.Second, "")
+	fs.DurationVar(&cfg.TLSHandshakeTimeout, "tls-handshake-timeout", 10*time.Second, "")
+	fs.DurationVar(&cfg.ResponseHeaderTimeout, "response-header-timeout", 60*time.Second, "")
+	fs.DurationVar(&cfg.IdleConnTimeout, "idle-conn-timeout", 90*time.Second, "")
 	if err := c.parseFlags(fs, args, runUsage); err != nil {
 		return nil, err
 	}
@@ -150,7 +190,7 @@ func (c *cli) runCmd(ctx context.Context, args []string) error {
 	}
 	logger, access := newLoggers(c.stderr, pl.format, pl.level)
 	defer func() { _ = logger.Sync() }()
-	return c.serveAll(ctx, pl, logger, access)
+	return c.serve(ctx, pl, logger, access)
 }
 
 // plan validates the flags, or reads the config file they name and applies
@@ -185,109 +225,30 @@ func (cfg *runConfig) plan() (*plan, error) {
 		fc.Log.Format = cfg.LogFormat
 	}
 	fc.Resolve = append(fc.Resolve, cfg.Resolve...)
+	if cfg.set["admin"] {
+		fc.Admin = cfg.Admin
+	}
+	if cfg.set["max-connections"] {
+		fc.MaxConnections = cfg.MaxConnections
+	}
+	for flagName, d := range map[string]struct {
+		dst *time.Duration
+		v   time.Duration
+	}{
+		"shutdown-timeout":        {&fc.Timeouts.Shutdown, cfg.ShutdownTimeout},
+		"read-header-timeout":     {&fc.Timeouts.ClientReadHeader, cfg.ReadHeaderTimeout},
+		"client-idle-timeout":     {&fc.Timeouts.ClientIdle, cfg.ClientIdleTimeout},
+		"dial-timeout":            {&fc.Timeouts.Dial, cfg.DialTimeout},
+		"tls-handshake-timeout":   {&fc.Timeouts.TLSHandshake, cfg.TLSHandshakeTimeout},
+		"response-header-timeout": {&fc.Timeouts.ResponseHeader, cfg.ResponseHeaderTimeout},
+		"idle-conn-timeout":       {&fc.Timeouts.IdleConn, cfg.IdleConnTimeout},
+	} {
+		if cfg.set[flagName] {
+			*d.dst = d.v
+		}
+	}
 	pl := planFromFile(fc, probs)
 	return pl, probs.err()
-}
-
-// serveAll builds the proxies of pl, listens, and serves until ctx ends.
-func (c *cli) serveAll(ctx context.Context, pl *plan, logger, access *zap.Logger) error {
-	var routes []*proxy.Route
-	var all []*proxy.Route
-	for _, rp := range pl.routes {
-		r := proxy.NewRoute(rp.opts)
-		routes = append(routes, r)
-		all = append(all, r)
-	}
-	main := proxy.Options{Routes: routes, Logger: logger, AccessLog: access}
-	if pl.upstream != nil {
-		main.Upstream = pl.upstream
-		main.UpstreamRoute = proxy.NewRoute(pl.upstreamRoute.opts)
-		all = append(all, main.UpstreamRoute)
-	}
-	defer func() {
-		for _, r := range all {
-			r.CloseIdleConnections()
-		}
-	}()
-	type server struct {
-		name string
-		ln   net.Listener
-		h    http.Handler
-	}
-	var servers []server
-	defer func() {
-		for _, s := range servers {
-			_ = s.ln.Close()
-		}
-	}()
-	start := func(name, addr string, o proxy.Options) error {
-		h, err := proxy.New(o)
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		ln, err := listen(addr)
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		servers = append(servers, server{name, ln, h})
-		return nil
-	}
-	if len(main.Routes) > 0 || main.Upstream != nil {
-		if err := start("listen", pl.listen, main); err != nil {
-			return err
-		}
-	}
-	for _, g := range pl.gateways {
-		r := proxy.NewRoute(g.route.opts)
-		all = append(all, r)
-		o := proxy.Options{Upstream: g.upstream, UpstreamRoute: r, Logger: logger, AccessLog: access}
-		if err := start(g.name, g.listen, o); err != nil {
-			return err
-		}
-	}
-	logStartup(logger, pl, servers[0].ln.Addr())
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, len(servers))
-	for _, s := range servers {
-		if c.onListen != nil {
-			c.onListen(s.name, s.ln.Addr())
-		}
-		go func() { errc <- serve(ctx, logger, s.ln, s.h) }()
-	}
-	var first error
-	for range servers {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-			cancel() // one listener failed: stop the others too
-		}
-	}
-	return first
-}
-
-// serve runs the HTTP server until ctx ends, then drains it.
-func serve(ctx context.Context, logger *zap.Logger, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    1 << 20,
-		ErrorLog:          zap.NewStdLog(logger.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
-	case <-ctx.Done():
-	}
-	logger.Info("shutting down", zap.Stringer("listen", ln.Addr()))
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		_ = srv.Close()
-	}
-	return nil
 }
 
 func logStartup(logger *zap.Logger, pl *plan, addr net.Addr) {

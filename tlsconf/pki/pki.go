@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -61,6 +62,8 @@ type LeafOptions struct {
 	KeyType    KeyType
 	// NotBefore and NotAfter default to one hour ago and one day from now.
 	NotBefore, NotAfter time.Time
+	// URIs are URI SANs, such as a SPIFFE ID.
+	URIs []*url.URL
 }
 
 // NewCA makes a self-signed ECDSA P-256 root valid for a day.
@@ -120,6 +123,7 @@ func (ca *CA) Issue(o LeafOptions) (*Leaf, error) {
 		Subject:      pkix.Name{CommonName: o.CommonName, Organization: []string{"mtlsproxy test"}},
 		DNSNames:     o.DNSNames,
 		IPAddresses:  o.IPs,
+		URIs:         o.URIs,
 		NotBefore:    o.NotBefore,
 		NotAfter:     o.NotAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,

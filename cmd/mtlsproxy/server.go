@@ -1,0 +1,287 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/mtlsproxy/mtlsproxy/proxy"
+	"github.com/mtlsproxy/mtlsproxy/proxy/admin"
+	"github.com/mtlsproxy/mtlsproxy/tlsconf"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
+)
+
+// proxyRuntime is a running proxy: its listeners, routes, identities, metrics
+// and readiness.
+type proxyRuntime struct {
+	pl      *plan
+	logger  *zap.Logger
+	reg     *prometheus.Registry
+	metrics *proxy.Metrics
+	reloads *prometheus.CounterVec
+	// routes by identity name, to drop idle connections after a reload.
+	routes    map[string][]*proxy.Route
+	all       []*proxy.Route
+	listeners []*listener
+	adminSrv  *listener
+	listening atomic.Bool
+	draining  atomic.Bool
+}
+
+type listener struct {
+	name string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// serve runs the proxy described by pl until ctx ends, then drains it.
+func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) error {
+	rt := &proxyRuntime{pl: pl, logger: logger, reg: prometheus.NewRegistry(), routes: map[string][]*proxy.Route{}}
+	rt.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rt.metrics = proxy.NewMetrics(rt.reg)
+	rt.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mtlsproxy_reloads_total",
+		Help: "Identity reloads, by identity and result (ok, error). A failed reload keeps the previous certificate.",
+	}, []string{"identity", "result"})
+	rt.reg.MustRegister(rt.reloads, &expiryCollector{ids: pl.identities})
+	for name := range pl.identities {
+		rt.reloads.WithLabelValues(name, "ok")
+		rt.reloads.WithLabelValues(name, "error")
+	}
+	defer func() {
+		for _, r := range rt.all {
+			r.CloseIdleConnections()
+		}
+	}()
+	defer rt.closeListeners()
+	if err := rt.listen(access); err != nil {
+		return err
+	}
+	logStartup(logger, pl, rt.listeners[0].ln.Addr())
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	errc := make(chan error, len(rt.listeners)+1)
+	all := rt.listeners
+	if rt.adminSrv != nil {
+		all = append(append([]*listener{}, all...), rt.adminSrv)
+	}
+	for _, l := range all {
+		go func() {
+			if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s %s: %w", l.name, listenName(l.ln.Addr()), err)
+			}
+		}()
+	}
+	rt.listening.Store(true)
+	for _, l := range all {
+		if c.onListen != nil {
+			c.onListen(l.name, l.ln.Addr())
+		}
+	}
+	for {
+		select {
+		case <-hup:
+			rt.reload()
+		case err := <-errc:
+			rt.drain()
+			return err
+		case <-ctx.Done():
+			rt.drain()
+			return nil
+		}
+	}
+}
+
+// listen opens every listener; on error the ones already open are closed
+// by the caller.
+func (rt *proxyRuntime) listen(access *zap.Logger) error {
+	pl := rt.pl
+	newRoute := func(rp *routePlan) *proxy.Route {
+		rp.opts.Timeouts = pl.timeouts
+		rp.opts.Metrics = rt.metrics
+		r := proxy.NewRoute(rp.opts)
+		rt.routes[rp.identity] = append(rt.routes[rp.identity], r)
+		rt.all = append(rt.all, r)
+		return r
+	}
+	open := func(name, addr string, o proxy.Options) error {
+		o.Logger, o.AccessLog, o.Metrics = rt.logger, access, rt.metrics
+		h, err := proxy.New(o)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		l, err := rt.open(name, addr, h)
+		if err != nil {
+			return err
+		}
+		rt.listeners = append(rt.listeners, l)
+		return nil
+	}
+	main := proxy.Options{}
+	for _, rp := range pl.routes {
+		main.Routes = append(main.Routes, newRoute(rp))
+	}
+	if pl.upstream != nil {
+		main.Upstream, main.UpstreamRoute = pl.upstream, newRoute(pl.upstreamRoute)
+	}
+	if len(main.Routes) > 0 || main.Upstream != nil {
+		if err := open("listen", pl.listen, main); err != nil {
+			return err
+		}
+	}
+	for _, g := range pl.gateways {
+		if err := open(g.name, g.listen, proxy.Options{Upstream: g.upstream, UpstreamRoute: newRoute(g.route)}); err != nil {
+			return err
+		}
+	}
+	if pl.admin != "" {
+		h := admin.Handler(admin.Options{Ready: rt.ready, Gatherer: rt.reg, Level: pl.level})
+		l, err := rt.open("admin", pl.admin, h)
+		if err != nil {
+			return err
+		}
+		rt.adminSrv = l
+	}
+	return nil
+}
+
+func (rt *proxyRuntime) open(name, addr string, h http.Handler) (*listener, error) {
+	ln, err := listen(addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: rt.pl.readHeaderTimeout,
+		IdleTimeout:       rt.pl.clientIdleTimeout,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          zap.NewStdLog(rt.logger.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
+	}
+	if name != "admin" {
+		srv.ConnState = rt.metrics.ConnState
+		if rt.pl.maxConns > 0 {
+			ln = netutil.LimitListener(ln, rt.pl.maxConns)
+		}
+	}
+	return &listener{name: name, ln: ln, srv: srv}, nil
+}
+
+func (rt *proxyRuntime) closeListeners() {
+	for _, l := range rt.listeners {
+		_ = l.ln.Close()
+	}
+	if rt.adminSrv != nil {
+		_ = rt.adminSrv.srv.Close()
+	}
+}
+
+// ready is /readyz: nil when every listener is up, every identity is
+// loaded and within its validity period, and the proxy is not draining.
+func (rt *proxyRuntime) ready() error {
+	if rt.draining.Load() {
+		return errors.New("draining: shutting down")
+	}
+	if !rt.listening.Load() {
+		return errors.New("listeners are not up yet")
+	}
+	now := time.Now()
+	var bad []string
+	for _, name := range sortedKeys(rt.pl.identities) {
+		id := rt.pl.identities[name]
+		if id.Expired(now) {
+			leaf := id.Leaf()
+			bad = append(bad, fmt.Sprintf("identity %q is outside its validity period (%s to %s)", name,
+				leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339)))
+		}
+	}
+	if len(bad) > 0 {
+		return errors.New(strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// drain stops accepting connections, lets in-flight requests finish for up
+// to the shutdown timeout, then closes what is left.
+func (rt *proxyRuntime) drain() {
+	rt.draining.Store(true)
+	rt.logger.Info("draining: no new connections; waiting for in-flight requests",
+		zap.Duration("shutdown_timeout", rt.pl.shutdownTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), rt.pl.shutdownTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, l := range rt.listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := l.srv.Shutdown(ctx); err != nil {
+				rt.logger.Warn("shutdown timeout reached; closing the remaining connections", zap.String("listener", l.name))
+				_ = l.srv.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	if rt.adminSrv != nil {
+		_ = rt.adminSrv.srv.Close()
+	}
+	rt.logger.Info("stopped")
+}
+
+// reload re-reads every identity's files (SIGHUP). A file that fails to
+// load is logged and counted, and the previous certificate stays in use.
+// After a successful swap, idle upstream connections that carry the old
+// certificate are closed; in-flight requests finish on theirs.
+func (rt *proxyRuntime) reload() {
+	for _, name := range sortedKeys(rt.pl.identities) {
+		id := rt.pl.identities[name]
+		before := id.Certificate()
+		if err := id.Reload(); err != nil {
+			rt.reloads.WithLabelValues(name, "error").Inc()
+			rt.logger.Error("identity reload failed; keeping the previous certificate", zap.String("identity", name), zap.Error(err))
+			continue
+		}
+		rt.reloads.WithLabelValues(name, "ok").Inc()
+		after := id.Certificate()
+		if bytes.Equal(before.Certificate[0], after.Certificate[0]) {
+			rt.logger.Info("identity reloaded: unchanged", zap.String("identity", name))
+			continue
+		}
+		for _, r := range rt.routes[name] {
+			r.CloseIdleConnections()
+		}
+		rt.logger.Info("identity reloaded: new certificate in use", zap.String("identity", name),
+			zap.String("subject", after.Leaf.Subject.String()), zap.Time("not_after", after.Leaf.NotAfter))
+	}
+}
+
+// expiryCollector exports each identity's NotAfter, read at scrape time so
+// that reloads show up.
+type expiryCollector struct {
+	ids map[string]*tlsconf.Identity
+}
+
+var expiryDesc = prometheus.NewDesc("mtlsproxy_certificate_expiry_timestamp_seconds",
+	"NotAfter of the client certificate in use, as Unix seconds, by identity.", []string{"identity"}, nil)
+
+func (e *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- expiryDesc }
+
+func (e *expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, id := range e.ids {
+		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, float64(id.Leaf().NotAfter.Unix()), name)
+	}
+}
