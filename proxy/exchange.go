@@ -33,7 +33,10 @@ type exchange struct {
 	tlsVersion uint16
 	reused     bool
 	hijacked   bool
-	trace      httptrace.ClientTrace
+	// clientBuf holds what the server read from the client past the
+	// request head, once the connection is hijacked.
+	clientBuf *bufio.Reader
+	trace     httptrace.ClientTrace
 }
 
 func (ex *exchange) fail(perr *proxyError, cause error) {
@@ -64,7 +67,8 @@ func (p *Proxy) logAccess(ex *exchange, r *http.Request) {
 	route, identity := "", ""
 	if ex.route != nil {
 		route = ex.route.name
-		if ex.route.identity != nil {
+		// A tunnel carries the client's own TLS: no identity is presented.
+		if ex.route.identity != nil && !ex.connect {
 			identity = ex.route.identity.Name()
 		}
 	}
@@ -175,7 +179,11 @@ func (w *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, errors.New("mtlsproxy: connection cannot be hijacked")
 	}
 	w.ex.hijacked = true
-	return hj.Hijack()
+	c, rw, err := hj.Hijack()
+	if err == nil {
+		w.ex.clientBuf = rw.Reader
+	}
+	return c, rw, err
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.

@@ -244,7 +244,7 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 	}
 	if route == nil {
 		return nil, &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
-			msg: fmt.Sprintf("host %s is not allowed: no route matches it (add --allow %s to send the client certificate there)", hostport, host)}
+			msg: fmt.Sprintf("host %s is not allowed: no route matches it (to send the client certificate there, add --allow %s, or a route for it in the config file)", hostport, host)}
 	}
 	ex.route = route
 	if id := route.identity; id != nil && id.Expired(ex.start) {

@@ -248,5 +248,8 @@ func days(t time.Time, now time.Time) string {
 	if t.Before(now) {
 		return "EXPIRED " + t.UTC().Format("2006-01-02")
 	}
+	if d < 1 {
+		return t.UTC().Format("2006-01-02") + " (" + strconv.Itoa(int(t.Sub(now).Hours())) + "h)"
+	}
 	return t.UTC().Format("2006-01-02") + " (" + strconv.Itoa(d) + "d)"
 }

@@ -295,7 +295,7 @@ func readableYAMLError(e string) (line int, msg string) {
 var configTypes = map[string]reflect.Type{
 	"fileConfig": reflect.TypeFor[fileConfig](), "logConfig": reflect.TypeFor[logConfig](),
 	"timeoutsConfig": reflect.TypeFor[timeoutsConfig](),
-	"mitmCAConfig": reflect.TypeFor[mitmCAConfig](), "identityConfig": reflect.TypeFor[identityConfig](),
+	"mitmCAConfig":   reflect.TypeFor[mitmCAConfig](), "identityConfig": reflect.TypeFor[identityConfig](),
 	"trustConfig": reflect.TypeFor[trustConfig](), "verifyConfig": reflect.TypeFor[verifyConfig](),
 	"routeConfig": reflect.TypeFor[routeConfig](), "gatewayConfig": reflect.TypeFor[gatewayConfig](),
 }
