@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"sync/atomic"
 	"time"
 
 	"github.com/elazarl/goproxy"
@@ -93,7 +94,8 @@ type Route struct {
 	connect   ConnectPolicy
 	timeouts  Timeouts
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
-	tlsConfig *tls.Config
+	tlsOpts   tlsconf.ClientOptions
+	tlsConfig atomic.Pointer[tls.Config]
 	transport *http.Transport
 	rt        goproxy.RoundTripper
 	metrics   *routeMetrics
@@ -124,23 +126,24 @@ func NewRoute(o RouteOptions) *Route {
 			return dialer.DialContext(ctx, network, o.Address)
 		}
 	}
-	tlsCfg := tlsconf.ClientConfig(tlsconf.ClientOptions{
+	tlsOpts := tlsconf.ClientOptions{
 		Identity:   o.Identity,
 		RootCAs:    o.RootCAs,
 		ServerName: o.ServerName,
 		MinVersion: o.MinVersion,
 		VerifySAN:  o.VerifySAN,
 		Pins:       o.Pins,
-	})
+	}
+	tlsCfg := tlsconf.ClientConfig(tlsOpts)
 	r := &Route{
-		name:      o.Name,
-		hosts:     o.Hosts,
-		identity:  o.Identity,
-		connect:   o.Connect,
-		timeouts:  t,
-		dial:      dial,
-		tlsConfig: tlsCfg,
-		metrics:   o.Metrics.route(o.Name),
+		name:     o.Name,
+		hosts:    o.Hosts,
+		identity: o.Identity,
+		connect:  o.Connect,
+		timeouts: t,
+		dial:     dial,
+		tlsOpts:  tlsOpts,
+		metrics:  o.Metrics.route(o.Name),
 	}
 	r.transport = &http.Transport{
 		// Never take proxy settings from the environment: the upstream
@@ -161,6 +164,7 @@ func NewRoute(o RouteOptions) *Route {
 		// its back.
 		DisableCompression: true,
 	}
+	r.tlsConfig.Store(tlsCfg)
 	r.rt = goproxy.RoundTripperFunc(r.roundTrip)
 	return r
 }
@@ -177,7 +181,17 @@ func (r *Route) Hosts() []HostPattern { return r.hosts }
 // TLSConfig returns the route's upstream TLS client configuration, for
 // callers that handshake outside the proxy (such as a pre-flight check).
 // It must not be modified.
-func (r *Route) TLSConfig() *tls.Config { return r.tlsConfig }
+func (r *Route) TLSConfig() *tls.Config { return r.tlsConfig.Load() }
+
+// SetRootCAs swaps the pool that verifies upstream servers. New
+// handshakes use it; idle pooled connections verified by the old pool are
+// closed, and requests in flight finish on their connections.
+func (r *Route) SetRootCAs(pool *x509.CertPool) {
+	opts := r.tlsOpts
+	opts.RootCAs = pool
+	r.tlsConfig.Store(tlsconf.ClientConfig(opts))
+	r.transport.CloseIdleConnections()
+}
 
 // Dial connects to addr (host:port) the way the route's requests do,
 // honouring Address and Resolve.
@@ -211,7 +225,7 @@ func (r *Route) dialTLS(ctx context.Context, network, addr string) (net.Conn, er
 	if err != nil {
 		return nil, err
 	}
-	cfg := r.tlsConfig
+	cfg := r.tlsConfig.Load()
 	if cfg.ServerName == "" {
 		host, _, _ := net.SplitHostPort(addr)
 		cfg = cfg.Clone()

@@ -12,8 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/youmark/pkcs8"
+	"software.sslmate.com/src/go-pkcs12"
 )
 
 // Identity is a client certificate and its private key, presented to
@@ -22,22 +26,63 @@ import (
 // the certificate they started with, and a reload that fails leaves the
 // previous certificate in place.
 type Identity struct {
-	name     string
-	certFile string
-	keyFile  string
-	cert     atomic.Pointer[tls.Certificate]
+	name string
+	src  IdentitySource
+	cert atomic.Pointer[tls.Certificate]
+}
+
+// IdentitySource says where an identity's files are: either PEM files
+// (CertFile and KeyFile, with KeyPassFile for an encrypted PKCS#8 key) or
+// a PKCS#12 bundle (PKCS12File with PKCS12PassFile).
+type IdentitySource struct {
+	CertFile    string
+	KeyFile     string
+	KeyPassFile string
+
+	PKCS12File     string
+	PKCS12PassFile string
+}
+
+// Files lists every file the identity is read from, for watching.
+func (s IdentitySource) Files() []string {
+	var out []string
+	for _, f := range []string{s.CertFile, s.KeyFile, s.KeyPassFile, s.PKCS12File, s.PKCS12PassFile} {
+		if f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // LoadPEMIdentity reads a PEM certificate file (leaf first, then any
 // intermediates) and a PEM private key file (PKCS#8, PKCS#1 or SEC 1; RSA,
 // ECDSA or Ed25519) and checks that the key belongs to the leaf.
 func LoadPEMIdentity(name, certFile, keyFile string) (*Identity, error) {
-	id := &Identity{name: name, certFile: certFile, keyFile: keyFile}
+	return LoadIdentity(name, IdentitySource{CertFile: certFile, KeyFile: keyFile})
+}
+
+// LoadIdentity reads an identity from src and checks that its key belongs
+// to its leaf certificate.
+func LoadIdentity(name string, src IdentitySource) (*Identity, error) {
+	pem := src.CertFile != "" || src.KeyFile != "" || src.KeyPassFile != ""
+	p12 := src.PKCS12File != "" || src.PKCS12PassFile != ""
+	switch {
+	case pem && p12:
+		return nil, fmt.Errorf("load identity %q: give PEM files or a PKCS#12 file, not both", name)
+	case p12 && src.PKCS12File == "":
+		return nil, fmt.Errorf("load identity %q: a PKCS#12 password file without the PKCS#12 file", name)
+	case !p12 && (src.CertFile == "" || src.KeyFile == ""):
+		return nil, fmt.Errorf("load identity %q: need both a certificate and a key file", name)
+	}
+	id := &Identity{name: name, src: src}
 	if err := id.Reload(); err != nil {
 		return nil, err
 	}
 	return id, nil
 }
+
+// Source is where the identity is read from.
+func (id *Identity) Source() IdentitySource { return id.src }
 
 // Name is the identity's name as given in the configuration.
 func (id *Identity) Name() string { return id.name }
@@ -45,7 +90,13 @@ func (id *Identity) Name() string { return id.name }
 // Reload re-reads the identity's files. On any error the certificate in use
 // stays as it was.
 func (id *Identity) Reload() error {
-	cert, err := readPEMPair(id.certFile, id.keyFile)
+	var cert *tls.Certificate
+	var err error
+	if id.src.PKCS12File != "" {
+		cert, err = readPKCS12(id.src.PKCS12File, id.src.PKCS12PassFile)
+	} else {
+		cert, err = readPEMPair(id.src.CertFile, id.src.KeyFile, id.src.KeyPassFile)
+	}
 	if err != nil {
 		return fmt.Errorf("load identity %q: %w", id.name, err)
 	}
@@ -72,7 +123,7 @@ func (id *Identity) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Cert
 	return id.cert.Load(), nil
 }
 
-func readPEMPair(certFile, keyFile string) (*tls.Certificate, error) {
+func readPEMPair(certFile, keyFile, passFile string) (*tls.Certificate, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
 		return nil, fmt.Errorf("read certificate: %w", err)
@@ -85,11 +136,25 @@ func readPEMPair(certFile, keyFile string) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certificate %s: %w", certFile, err)
 	}
-	key, err := parsePrivateKey(keyPEM)
+	var pass []byte
+	if passFile != "" {
+		if pass, err = readPassFile(passFile); err != nil {
+			return nil, err
+		}
+	}
+	key, err := parsePrivateKey(keyPEM, pass, passFile != "")
 	if err != nil {
 		return nil, fmt.Errorf("key %s: %w", keyFile, err)
 	}
+	return assemble(chain, key, keyFile, certFile)
+}
+
+// assemble checks that key belongs to the leaf and builds the certificate.
+func assemble(chain []*x509.Certificate, key crypto.Signer, keyFile, certFile string) (*tls.Certificate, error) {
 	if err := keyMatches(chain[0], key); err != nil {
+		if keyFile == certFile {
+			return nil, fmt.Errorf("%s: %w", keyFile, err)
+		}
 		return nil, fmt.Errorf("key %s: %w (certificate %s)", keyFile, err, certFile)
 	}
 	cert := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
@@ -97,6 +162,46 @@ func readPEMPair(certFile, keyFile string) (*tls.Certificate, error) {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
 	return cert, nil
+}
+
+// readPassFile reads a passphrase file; one trailing newline is not part of
+// the passphrase.
+func readPassFile(f string) ([]byte, error) {
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("read passphrase: %w", err)
+	}
+	b = bytes.TrimSuffix(b, []byte("\n"))
+	b = bytes.TrimSuffix(b, []byte("\r"))
+	return b, nil
+}
+
+func readPKCS12(file, passFile string) (*tls.Certificate, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read PKCS#12: %w", err)
+	}
+	var pass []byte
+	if passFile != "" {
+		if pass, err = readPassFile(passFile); err != nil {
+			return nil, err
+		}
+	}
+	key, leaf, cas, err := pkcs12.DecodeChain(data, string(pass))
+	if err != nil {
+		if errors.Is(err, pkcs12.ErrIncorrectPassword) {
+			if passFile == "" {
+				return nil, fmt.Errorf("decrypt PKCS#12 %s: it needs a password: give its password file", file)
+			}
+			return nil, fmt.Errorf("decrypt PKCS#12 %s: wrong password? (from %s)", file, passFile)
+		}
+		return nil, fmt.Errorf("decode PKCS#12 %s: %w", file, err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("PKCS#12 %s: unsupported key type %T", file, key)
+	}
+	return assemble(append([]*x509.Certificate{leaf}, cas...), signer, file, file)
 }
 
 // parseCertificates returns every CERTIFICATE block in data, in order.
@@ -123,7 +228,7 @@ func parseCertificates(data []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-func parsePrivateKey(data []byte) (crypto.Signer, error) {
+func parsePrivateKey(data, pass []byte, havePass bool) (crypto.Signer, error) {
 	for rest := data; ; {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
@@ -152,7 +257,21 @@ func parsePrivateKey(data []byte) (crypto.Signer, error) {
 			}
 			return x509.ParseECPrivateKey(block.Bytes)
 		case "ENCRYPTED PRIVATE KEY":
-			return nil, errors.New("encrypted PKCS#8 keys are not supported yet: decrypt it first (openssl pkcs8 -in KEY -out PLAIN)")
+			if !havePass {
+				return nil, errors.New("the key is encrypted: give its passphrase file (--key-pass-file, or password_file in the config)")
+			}
+			k, err := pkcs8.ParsePKCS8PrivateKey(block.Bytes, pass)
+			if err != nil {
+				if strings.Contains(err.Error(), "incorrect password") {
+					return nil, errors.New("decrypt key: wrong passphrase?")
+				}
+				return nil, fmt.Errorf("decrypt PKCS#8 key: %w", err)
+			}
+			s, ok := k.(crypto.Signer)
+			if !ok {
+				return nil, fmt.Errorf("unsupported key type %T", k)
+			}
+			return s, nil
 		}
 	}
 }

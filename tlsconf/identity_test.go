@@ -180,7 +180,7 @@ func TestLoadPEMIdentityErrors(t *testing.T) {
 		{name: "missing key file", cert: s.ClientCert, key: filepath.Join(dir, "nope.key"),
 			want: []string{"read key", "nope.key"}, notExist: true},
 		{name: "encrypted PKCS#8", cert: s.ClientCert, key: encPKCS8,
-			want: []string{"encrypted PKCS#8 keys are not supported", "enc8.key"}},
+			want: []string{"the key is encrypted: give its passphrase file", "enc8.key"}},
 		{name: "encrypted PKCS#1", cert: s.ClientCert, key: encPKCS1,
 			want: []string{"encrypted PEM keys are not supported", "enc1.key"}},
 		{name: "encrypted SEC 1", cert: s.ClientCert, key: encSEC1,

@@ -28,6 +28,12 @@ type fileConfig struct {
 	// MaxConnections caps open client connections per listener; 0 means
 	// no cap.
 	MaxConnections int `yaml:"max_connections"`
+	// ReloadInterval re-reads identities and trust bundles periodically
+	// (default 1m; 0 turns it off). File changes are also watched.
+	ReloadInterval *time.Duration `yaml:"reload_interval"`
+	// ExpiryWarning is how long before a certificate expires a warning is
+	// logged (default 168h).
+	ExpiryWarning *time.Duration `yaml:"expiry_warning"`
 	// Timeouts; zero fields take the defaults of the matching flags.
 	Timeouts timeoutsConfig `yaml:"timeouts"`
 	// Log sets level (default info) and format (default json).

@@ -41,6 +41,12 @@ type plan struct {
 	readHeaderTimeout time.Duration
 	clientIdleTimeout time.Duration
 	shutdownTimeout   time.Duration
+	// trusts are the reloadable trust bundles by name.
+	trusts map[string]trustSource
+	// reloadInterval re-reads identities and trust bundles; 0 is off.
+	reloadInterval time.Duration
+	// expiryWarning is how long before NotAfter a warning is logged.
+	expiryWarning time.Duration
 	// declared names, loaded or not, so that a route naming an identity
 	// that failed to load is not also reported as unknown.
 	declared map[string]bool
@@ -51,7 +57,14 @@ type routePlan struct {
 	opts     proxy.RouteOptions
 	identity string // identity name, or "none"
 	trust    string // trust bundle name, or "system roots"
+	trustKey string // key in plan.trusts, or "" for the system roots
 	hosts    []string
+}
+
+// trustSource is where a trust bundle comes from, for reloading it.
+type trustSource struct {
+	files  []string
+	system bool
 }
 
 type gatewayPlan struct {
@@ -68,7 +81,7 @@ const identityNone = "none"
 // once, each naming its flag.
 func (cfg *runConfig) validate() (*plan, error) {
 	pl := &plan{listen: cfg.Listen, unsafeListen: cfg.UnsafeListen, format: cfg.LogFormat,
-		resolve: proxy.Resolve{}, identities: map[string]*tlsconf.Identity{}}
+		resolve: proxy.Resolve{}, identities: map[string]*tlsconf.Identity{}, trusts: map[string]trustSource{}}
 	var errs []error
 	add := func(err error) {
 		if err != nil {
@@ -94,20 +107,41 @@ func (cfg *runConfig) validate() (*plan, error) {
 		}
 	}
 	var id *tlsconf.Identity
+	src := tlsconf.IdentitySource{CertFile: cfg.Cert, KeyFile: cfg.Key, KeyPassFile: cfg.KeyPassFile,
+		PKCS12File: cfg.PKCS12, PKCS12PassFile: cfg.PKCS12PassFile}
+	pemGiven := cfg.Cert != "" || cfg.Key != "" || cfg.KeyPassFile != ""
 	switch {
+	case pemGiven && (cfg.PKCS12 != "" || cfg.PKCS12PassFile != ""):
+		add(errors.New("give --cert/--key or --pkcs12, not both"))
+	case cfg.PKCS12PassFile != "" && cfg.PKCS12 == "":
+		add(errors.New("--pkcs12-pass-file given without --pkcs12"))
+	case cfg.PKCS12 != "":
 	case cfg.Cert == "" && cfg.Key == "":
-		add(errors.New("no client identity: give --cert FILE and --key FILE (or --config FILE)"))
+		add(errors.New("no client identity: give --cert FILE and --key FILE, or --pkcs12 FILE (or --config FILE)"))
 	case cfg.Cert == "":
 		add(errors.New("--key given without --cert"))
 	case cfg.Key == "":
 		add(errors.New("--cert given without --key"))
-	default:
+	}
+	p12Given := cfg.PKCS12 != "" || cfg.PKCS12PassFile != ""
+	if (cfg.PKCS12 != "" && !pemGiven) || (cfg.Cert != "" && cfg.Key != "" && !p12Given) {
 		var err error
-		if id, err = tlsconf.LoadPEMIdentity("default", cfg.Cert, cfg.Key); err != nil {
-			add(fmt.Errorf("--cert/--key: %w", err))
+		if id, err = tlsconf.LoadIdentity("default", src); err != nil {
+			flags := "--cert/--key"
+			if cfg.PKCS12 != "" {
+				flags = "--pkcs12"
+			}
+			add(fmt.Errorf("%s: %w", flags, err))
 		} else {
 			pl.identities["default"] = id
 		}
+	}
+	pl.reloadInterval, pl.expiryWarning = cfg.ReloadInterval, cfg.ExpiryWarning
+	if cfg.ReloadInterval < 0 {
+		add(fmt.Errorf("--reload-interval %s: want 0 (off) or a positive duration", cfg.ReloadInterval))
+	}
+	if len(cfg.CACerts) > 0 {
+		pl.trusts["default"] = trustSource{files: cfg.CACerts}
 	}
 	var allow []proxy.HostPattern
 	for _, a := range cfg.Allow {
@@ -152,15 +186,15 @@ func (cfg *runConfig) validate() (*plan, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	trust := "system roots"
+	trust, trustKey := "system roots", ""
 	if len(cfg.CACerts) > 0 {
-		trust = strings.Join(cfg.CACerts, ",")
+		trust, trustKey = strings.Join(cfg.CACerts, ","), "default"
 	}
 	base := proxy.RouteOptions{Identity: id, RootCAs: roots, ServerName: cfg.ServerName, Resolve: pl.resolve}
 	if len(allow) > 0 {
 		ro := base
 		ro.Name, ro.Hosts = "forward", allow
-		pl.routes = append(pl.routes, &routePlan{opts: ro, identity: "default", trust: trust, hosts: cfg.Allow})
+		pl.routes = append(pl.routes, &routePlan{opts: ro, identity: "default", trust: trust, trustKey: trustKey, hosts: cfg.Allow})
 	}
 	if pl.upstream != nil {
 		p, err := upstreamPattern(pl.upstream)
@@ -169,7 +203,7 @@ func (cfg *runConfig) validate() (*plan, error) {
 		}
 		ro := base
 		ro.Name, ro.Hosts = "gateway", []proxy.HostPattern{p}
-		pl.upstreamRoute = &routePlan{opts: ro, identity: "default", trust: trust, hosts: []string{p.String()}}
+		pl.upstreamRoute = &routePlan{opts: ro, identity: "default", trust: trust, trustKey: trustKey, hosts: []string{p.String()}}
 	}
 	return pl, nil
 }
@@ -198,7 +232,18 @@ func validServerName(s string) bool {
 // probs with its field path; the plan is usable only if probs is empty.
 func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 	pl := &plan{listen: cfg.Listen, unsafeListen: cfg.UnsafeListen, format: cfg.Log.Format,
-		resolve: proxy.Resolve{}, identities: map[string]*tlsconf.Identity{}, declared: map[string]bool{}}
+		resolve: proxy.Resolve{}, identities: map[string]*tlsconf.Identity{}, declared: map[string]bool{},
+		trusts: map[string]trustSource{}}
+	pl.reloadInterval, pl.expiryWarning = time.Minute, 7*24*time.Hour
+	if cfg.ReloadInterval != nil {
+		pl.reloadInterval = *cfg.ReloadInterval
+		if pl.reloadInterval < 0 {
+			probs.add("reload_interval", "%s: want 0 (off) or a positive duration", pl.reloadInterval)
+		}
+	}
+	if cfg.ExpiryWarning != nil {
+		pl.expiryWarning = *cfg.ExpiryWarning
+	}
 	for name := range cfg.Identities {
 		pl.declared["identity:"+name] = true
 	}
@@ -275,6 +320,7 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 	for _, name := range sortedKeys(cfg.Trust) {
 		if pool := loadTrust(name, cfg.Trust[name], probs); pool != nil {
 			pools[name] = pool
+			pl.trusts[name] = trustSource{files: cfg.Trust[name].CAFiles, system: cfg.Trust[name].System}
 		}
 	}
 	names := map[string]string{}
@@ -385,7 +431,7 @@ func upstreamOptions(path string, u upstreamConfig, pl *plan, pools map[string]*
 	}
 	rp.trust = "system roots"
 	if u.Trust != "" {
-		rp.trust = u.Trust
+		rp.trust, rp.trustKey = u.Trust, u.Trust
 		pool, ok := pools[u.Trust]
 		if !ok && !pl.declared["trust:"+u.Trust] {
 			probs.add(path+".trust", "unknown trust bundle %q%s", u.Trust, known("trust bundles", declaredNames(pl.declared, "trust:")))
@@ -433,14 +479,23 @@ func loadIdentity(name string, ic identityConfig, probs *configProblems) *tlscon
 		probs.add(path, "%q is reserved: it means no client certificate", identityNone)
 		return nil
 	}
-	if ic.PKCS12 != "" || ic.PasswordFile != "" {
-		probs.add(path, "PKCS#12 identities are not available in this version of mtlsproxy; use cert and key (PEM)")
-		return nil
+	src := tlsconf.IdentitySource{CertFile: ic.Cert, KeyFile: ic.Key, KeyPassFile: ic.PasswordFile}
+	files := []struct{ key, file string }{{"cert", ic.Cert}, {"key", ic.Key}}
+	if ic.PKCS12 != "" {
+		if ic.Cert != "" || ic.Key != "" {
+			probs.add(path, "give cert and key, or pkcs12, not both")
+			return nil
+		}
+		src = tlsconf.IdentitySource{PKCS12File: ic.PKCS12, PKCS12PassFile: ic.PasswordFile}
+		files = []struct{ key, file string }{{"pkcs12", ic.PKCS12}}
+	}
+	if ic.PasswordFile != "" {
+		files = append(files, struct{ key, file string }{"password_file", ic.PasswordFile})
 	}
 	ok := true
-	for _, f := range []struct{ key, file string }{{"cert", ic.Cert}, {"key", ic.Key}} {
+	for _, f := range files {
 		if f.file == "" {
-			probs.add(path+"."+f.key, "required")
+			probs.add(path+"."+f.key, "required (or give pkcs12 instead of cert and key)")
 			ok = false
 		} else if fh, err := os.Open(f.file); err != nil {
 			probs.add(path+"."+f.key, "%v", err)
@@ -452,7 +507,7 @@ func loadIdentity(name string, ic identityConfig, probs *configProblems) *tlscon
 	if !ok {
 		return nil
 	}
-	id, err := tlsconf.LoadPEMIdentity(name, ic.Cert, ic.Key)
+	id, err := tlsconf.LoadIdentity(name, src)
 	if err != nil {
 		probs.add(path, "%v", err)
 		return nil

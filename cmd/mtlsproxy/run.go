@@ -45,7 +45,14 @@ repeatable flags take a comma-separated list there):
   --unsafe-listen          allow a --listen address that is not loopback
   --cert FILE              client certificate, PEM; may hold the chain after the leaf
   --key FILE               private key of --cert, PEM (PKCS#8, PKCS#1 or SEC 1;
-                           RSA, ECDSA or Ed25519)
+                           RSA, ECDSA or Ed25519; encrypted PKCS#8 with --key-pass-file)
+  --key-pass-file FILE     passphrase of an encrypted PKCS#8 --key
+  --pkcs12 FILE            client identity as PKCS#12 (.p12/.pfx), instead of --cert/--key
+  --pkcs12-pass-file FILE  password of --pkcs12
+  --reload-interval D      re-read identities and CA bundles this often, besides
+                           watching their files (default 1m; 0 turns it off)
+  --expiry-warning D       warn this long before a client certificate expires
+                           (default 168h)
   --cacert FILE            CA bundle that upstream servers are verified against
                            (repeatable; default: the system roots)
   --allow PATTERN          upstream host the client certificate may be sent to
@@ -77,8 +84,9 @@ Timeouts (durations such as 500ms, 10s, 2m):
                                finish before the rest are closed (default 30s)
   There is no write timeout: a long download or stream is never cut.
 
-Signals: SIGTERM or SIGINT drains and exits 0; SIGHUP reloads the client
-certificates from their files (a file that fails to load keeps the old one).
+Signals: SIGTERM or SIGINT drains and exits 0; SIGHUP reloads identities
+and CA bundles from their files (as a file change does). A file that fails
+to load is logged and the previous certificate stays in use.
 
   -h, --help               show this help
 `
@@ -98,6 +106,12 @@ type runConfig struct {
 	LogLevel     string
 	LogFormat    string
 	Admin        string
+	// KeyPassFile holds the passphrase of an encrypted PKCS#8 --key.
+	KeyPassFile    string
+	PKCS12         string
+	PKCS12PassFile string
+	ReloadInterval time.Duration
+	ExpiryWarning  time.Duration
 	// MaxConnections caps open client connections per listener; 0 means
 	// no cap.
 	MaxConnections        int
@@ -121,6 +135,11 @@ func (c *cli) parseRunFlags(args []string) (*runConfig, error) {
 	fs.BoolVar(&cfg.UnsafeListen, "unsafe-listen", false, "")
 	fs.StringVar(&cfg.Cert, "cert", "", "")
 	fs.StringVar(&cfg.Key, "key", "", "")
+	fs.StringVar(&cfg.KeyPassFile, "key-pass-file", "", "")
+	fs.StringVar(&cfg.PKCS12, "pkcs12", "", "")
+	fs.StringVar(&cfg.PKCS12PassFile, "pkcs12-pass-file", "", "")
+	fs.DurationVar(&cfg.ReloadInterval, "reload-interval", time.Minute, "")
+	fs.DurationVar(&cfg.ExpiryWarning, "expiry-warning", 7*24*time.Hour, "")
 	fs.Var((*stringList)(&cfg.CACerts), "cacert", "")
 	fs.Var((*stringList)(&cfg.Allow), "allow", "")
 	fs.StringVar(&cfg.Upstream, "upstream", "", "")
@@ -200,7 +219,7 @@ func (cfg *runConfig) plan() (*plan, error) {
 		return cfg.validate()
 	}
 	var clash []string
-	for _, name := range []string{"cert", "key", "cacert", "allow", "upstream", "server-name"} {
+	for _, name := range []string{"cert", "key", "key-pass-file", "pkcs12", "pkcs12-pass-file", "cacert", "allow", "upstream", "server-name"} {
 		if cfg.set[name] {
 			clash = append(clash, "--"+name)
 		}
@@ -228,6 +247,12 @@ func (cfg *runConfig) plan() (*plan, error) {
 	if cfg.set["admin"] {
 		fc.Admin = cfg.Admin
 	}
+	if cfg.set["reload-interval"] {
+		fc.ReloadInterval = &cfg.ReloadInterval
+	}
+	if cfg.set["expiry-warning"] {
+		fc.ExpiryWarning = &cfg.ExpiryWarning
+	}
 	if cfg.set["max-connections"] {
 		fc.MaxConnections = cfg.MaxConnections
 	}
@@ -253,20 +278,9 @@ func (cfg *runConfig) plan() (*plan, error) {
 
 func logStartup(logger *zap.Logger, pl *plan, addr net.Addr) {
 	for _, name := range sortedKeys(pl.identities) {
-		id := pl.identities[name]
-		leaf := id.Leaf()
-		fields := []zap.Field{zap.String("identity", name), zap.String("subject", leaf.Subject.String()),
-			zap.String("issuer", leaf.Issuer.String()), zap.Time("not_after", leaf.NotAfter)}
-		now := time.Now()
-		switch {
-		case id.Expired(now):
-			logger.Warn("client certificate is outside its validity period; its routes answer 503 identity-unavailable until it is renewed",
-				append(fields, zap.Time("not_before", leaf.NotBefore))...)
-		case leaf.NotAfter.Sub(now) < 7*24*time.Hour:
-			logger.Warn("client certificate expires within 7 days", fields...)
-		default:
-			logger.Info("identity loaded", fields...)
-		}
+		leaf := pl.identities[name].Leaf()
+		logger.Info("identity loaded", zap.String("identity", name), zap.String("subject", leaf.Subject.String()),
+			zap.String("issuer", leaf.Issuer.String()), zap.Time("not_after", leaf.NotAfter))
 	}
 	describe := func(kind string, rp *routePlan, extra ...zap.Field) {
 		fields := append([]zap.Field{zap.String("route", rp.opts.Name), zap.Strings("hosts", rp.hosts),

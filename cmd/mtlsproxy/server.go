@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -39,6 +41,11 @@ type proxyRuntime struct {
 	adminSrv  *listener
 	listening atomic.Bool
 	draining  atomic.Bool
+
+	reloadMu      sync.Mutex
+	lastErr       map[string]string
+	trustSums     map[string][32]byte
+	routesByTrust map[string][]*proxy.Route
 }
 
 type listener struct {
@@ -49,7 +56,13 @@ type listener struct {
 
 // serve runs the proxy described by pl until ctx ends, then drains it.
 func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) error {
-	rt := &proxyRuntime{pl: pl, logger: logger, reg: prometheus.NewRegistry(), routes: map[string][]*proxy.Route{}}
+	rt := &proxyRuntime{pl: pl, logger: logger, reg: prometheus.NewRegistry(), routes: map[string][]*proxy.Route{},
+		lastErr: map[string]string{}, trustSums: map[string][32]byte{}, routesByTrust: map[string][]*proxy.Route{}}
+	for name, src := range pl.trusts {
+		if sum, err := fileSum(src.files); err == nil {
+			rt.trustSums[name] = sum
+		}
+	}
 	rt.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rt.metrics = proxy.NewMetrics(rt.reg)
 	rt.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -71,6 +84,14 @@ func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) e
 		return err
 	}
 	logStartup(logger, pl, rt.listeners[0].ln.Addr())
+	for _, name := range sortedKeys(pl.identities) {
+		rt.warnExpiry(name, pl.identities[name])
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	if err := rt.watchFiles(wctx); err != nil {
+		logger.Warn("cannot watch certificate files; relying on the periodic re-read and SIGHUP", zap.Error(err))
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -97,7 +118,7 @@ func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) e
 	for {
 		select {
 		case <-hup:
-			rt.reload()
+			rt.reload("SIGHUP")
 		case err := <-errc:
 			rt.drain()
 			return err
@@ -117,6 +138,9 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 		rp.opts.Metrics = rt.metrics
 		r := proxy.NewRoute(rp.opts)
 		rt.routes[rp.identity] = append(rt.routes[rp.identity], r)
+		if rp.trustKey != "" {
+			rt.routesByTrust[rp.trustKey] = append(rt.routesByTrust[rp.trustKey], r)
+		}
 		rt.all = append(rt.all, r)
 		return r
 	}
@@ -242,31 +266,119 @@ func (rt *proxyRuntime) drain() {
 	rt.logger.Info("stopped")
 }
 
-// reload re-reads every identity's files (SIGHUP). A file that fails to
-// load is logged and counted, and the previous certificate stays in use.
-// After a successful swap, idle upstream connections that carry the old
-// certificate are closed; in-flight requests finish on theirs.
-func (rt *proxyRuntime) reload() {
+// reload re-reads every identity and trust bundle (SIGHUP, a file
+// change, or the periodic re-read). A file that fails to load is logged
+// once per distinct error and counted, and the previous state stays in
+// use. After a successful swap, idle upstream connections made with the
+// old certificate or pool are closed, so new requests use the new one;
+// requests in flight finish on their connections.
+func (rt *proxyRuntime) reload(reason string) {
+	rt.reloadMu.Lock()
+	defer rt.reloadMu.Unlock()
 	for _, name := range sortedKeys(rt.pl.identities) {
 		id := rt.pl.identities[name]
 		before := id.Certificate()
 		if err := id.Reload(); err != nil {
-			rt.reloads.WithLabelValues(name, "error").Inc()
-			rt.logger.Error("identity reload failed; keeping the previous certificate", zap.String("identity", name), zap.Error(err))
+			if rt.lastErr[name] != err.Error() {
+				rt.lastErr[name] = err.Error()
+				rt.reloads.WithLabelValues(name, "error").Inc()
+				rt.logger.Error("identity reload failed; keeping the previous certificate",
+					zap.String("identity", name), zap.String("reason", reason), zap.Error(err))
+			}
+			continue
+		}
+		delete(rt.lastErr, name)
+		after := id.Certificate()
+		if bytes.Equal(before.Certificate[0], after.Certificate[0]) {
 			continue
 		}
 		rt.reloads.WithLabelValues(name, "ok").Inc()
-		after := id.Certificate()
-		if bytes.Equal(before.Certificate[0], after.Certificate[0]) {
-			rt.logger.Info("identity reloaded: unchanged", zap.String("identity", name))
-			continue
-		}
 		for _, r := range rt.routes[name] {
 			r.CloseIdleConnections()
 		}
-		rt.logger.Info("identity reloaded: new certificate in use", zap.String("identity", name),
+		rt.logger.Info("identity reloaded: new certificate in use", zap.String("identity", name), zap.String("reason", reason),
 			zap.String("subject", after.Leaf.Subject.String()), zap.Time("not_after", after.Leaf.NotAfter))
+		rt.warnExpiry(name, id)
 	}
+	for _, name := range sortedKeys(rt.pl.trusts) {
+		src := rt.pl.trusts[name]
+		sum, err := fileSum(src.files)
+		if err == nil && sum == rt.trustSums[name] {
+			continue
+		}
+		var pool *x509.CertPool
+		if err == nil {
+			pool, err = tlsconf.LoadTrust(src.files, src.system)
+		}
+		key := "trust:" + name
+		if err != nil {
+			if rt.lastErr[key] != err.Error() {
+				rt.lastErr[key] = err.Error()
+				rt.logger.Error("trust bundle reload failed; keeping the previous CAs", zap.String("trust", name),
+					zap.String("reason", reason), zap.Error(err))
+			}
+			continue
+		}
+		delete(rt.lastErr, key)
+		rt.trustSums[name] = sum
+		for _, r := range rt.routesByTrust[name] {
+			r.SetRootCAs(pool)
+		}
+		rt.logger.Info("trust bundle reloaded", zap.String("trust", name), zap.String("reason", reason))
+	}
+}
+
+// warnExpiry logs a warning when an identity is within the expiry-warning
+// window or outside its validity period.
+func (rt *proxyRuntime) warnExpiry(name string, id *tlsconf.Identity) {
+	leaf := id.Leaf()
+	now := time.Now()
+	switch {
+	case id.Expired(now):
+		rt.logger.Warn("client certificate is outside its validity period; its routes answer 503 identity-unavailable until it is renewed",
+			zap.String("identity", name), zap.Time("not_before", leaf.NotBefore), zap.Time("not_after", leaf.NotAfter))
+	case leaf.NotAfter.Sub(now) < rt.pl.expiryWarning:
+		rt.logger.Warn("client certificate expires soon", zap.String("identity", name),
+			zap.Time("not_after", leaf.NotAfter), zap.Duration("expires_in", leaf.NotAfter.Sub(now).Round(time.Minute)))
+	}
+}
+
+// fileSum is a digest of the files' contents, to notice a changed bundle.
+func fileSum(files []string) ([32]byte, error) {
+	h := sha256.New()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return [32]byte{}, fmt.Errorf("read CA bundle: %w", err)
+		}
+		h.Write(b)
+		h.Write([]byte{0})
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
+}
+
+// watchFiles reloads on file changes and every reload interval.
+func (rt *proxyRuntime) watchFiles(ctx context.Context) error {
+	var files []string
+	for _, id := range rt.pl.identities {
+		files = append(files, id.Source().Files()...)
+	}
+	for _, t := range rt.pl.trusts {
+		files = append(files, t.files...)
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	return tlsconf.Watch(ctx, tlsconf.WatchOptions{
+		Files:    files,
+		Interval: rt.pl.reloadInterval,
+		OnChange: rt.reload,
+		OnError: func(err error) {
+			rt.logger.Warn("file watcher error; the periodic re-read still applies", zap.Error(err))
+		},
+	})
 }
 
 // expiryCollector exports each identity's NotAfter, read at scrape time so
