@@ -307,3 +307,18 @@ func (id *Identity) Describe() string {
 		leaf.Subject.String(), leaf.Issuer.String(), keyKind(leaf.PublicKey), leaf.NotAfter.UTC().Format(time.RFC3339))
 	return b.String()
 }
+
+// LooseFiles lists the identity's secret files (key, PKCS#12, passphrase)
+// that group or others may read, with their modes, so the caller can warn.
+func (s IdentitySource) LooseFiles() []string {
+	var out []string
+	for _, f := range []string{s.KeyFile, s.KeyPassFile, s.PKCS12File, s.PKCS12PassFile} {
+		if f == "" {
+			continue
+		}
+		if fi, err := os.Stat(f); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			out = append(out, fmt.Sprintf("%s (mode %04o)", f, fi.Mode().Perm()))
+		}
+	}
+	return out
+}

@@ -86,6 +86,10 @@ func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) e
 	logStartup(logger, pl, rt.listeners[0].ln.Addr())
 	for _, name := range sortedKeys(pl.identities) {
 		rt.warnExpiry(name, pl.identities[name])
+		if loose := pl.identities[name].Source().LooseFiles(); len(loose) > 0 {
+			logger.Warn("secret files are readable by group or others; restrict them (chmod 600) so only mtlsproxy's user can read the key",
+				zap.String("identity", name), zap.Strings("files", loose))
+		}
 	}
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
