@@ -38,13 +38,25 @@ func (p *Proxy) tunnel(req *http.Request, client net.Conn, route *Route, ex *exc
 	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
-	ex.bytesIn, ex.bytesOut = relay(client, up, route.timeouts.TunnelIdle)
+	// A client that does not wait for the 200 (sending its ClientHello in
+	// the same write as the CONNECT) has bytes in the server's buffer,
+	// which the hijacked connection no longer returns.
+	var early int64
+	if br := ex.clientBuf; br != nil && br.Buffered() > 0 {
+		b, _ := br.Peek(br.Buffered())
+		if _, err := up.Write(b); err != nil {
+			return
+		}
+		early = int64(len(b))
+	}
+	in, out := relay(client, up, route.timeouts.TunnelIdle)
+	ex.bytesIn, ex.bytesOut = early+in, out
 }
 
-// relay copies a→b and b→a. When one side finishes sending, the other is
-// told with a half-close, so protocols that rely on it keep working; both
-// connections are closed when both directions are done or when no byte
-// has moved for idle.
+// relay copies a→b and b→a until both directions are done or no byte has
+// moved for idle. When one side finishes sending, the other is told with a
+// half-close, so protocols that rely on it keep working. The caller closes
+// both connections.
 func relay(a, b net.Conn, idle time.Duration) (aToB, bToA int64) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
@@ -58,6 +70,9 @@ func relay(a, b net.Conn, idle time.Duration) (aToB, bToA int64) {
 			k, err := src.Read(buf)
 			if k > 0 {
 				last.Store(time.Now().UnixNano())
+				// A peer that stops reading must not pin the tunnel past
+				// the idle limit once the socket buffers are full.
+				_ = dst.SetWriteDeadline(time.Now().Add(idle))
 				if _, werr := dst.Write(buf[:k]); werr != nil {
 					break
 				}
