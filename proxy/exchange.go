@@ -36,7 +36,10 @@ type exchange struct {
 	// clientBuf holds what the server read from the client past the
 	// request head, once the connection is hijacked.
 	clientBuf *bufio.Reader
-	trace     httptrace.ClientTrace
+	// clientConn is the hijacked client connection, closed when the
+	// exchange ends (goproxy leaves it open after a WebSocket ends).
+	clientConn net.Conn
+	trace      httptrace.ClientTrace
 }
 
 func (ex *exchange) fail(perr *proxyError, cause error) {
@@ -182,6 +185,7 @@ func (w *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, rw, err := hj.Hijack()
 	if err == nil {
 		w.ex.clientBuf = rw.Reader
+		w.ex.clientConn = c
 	}
 	return c, rw, err
 }

@@ -18,6 +18,7 @@ var hopHeaders = []string{
 	"Trailer",
 	"Transfer-Encoding",
 	"Upgrade",
+	"Http2-Settings", // belongs to an h2c upgrade, which is never passed on
 }
 
 // removeHopHeaders deletes hop-by-hop headers, including every name listed
@@ -57,9 +58,19 @@ func removeHopHeaders(h http.Header, upgrade bool) {
 	}
 }
 
-// isUpgrade reports whether h asks for a protocol upgrade (WebSocket).
+// isUpgrade reports whether h asks for a WebSocket upgrade, the one
+// upgrade mtlsproxy passes on (h2c and others are dropped with the other
+// hop-by-hop headers).
 func isUpgrade(h http.Header) bool {
-	if _, ok := h["Upgrade"]; !ok {
+	websocket := false
+	for _, v := range h["Upgrade"] {
+		for _, p := range strings.Split(v, ",") {
+			if strings.EqualFold(textproto.TrimString(p), "websocket") {
+				websocket = true
+			}
+		}
+	}
+	if !websocket {
 		return false
 	}
 	for _, v := range h["Connection"] {
@@ -70,4 +81,19 @@ func isUpgrade(h http.Header) bool {
 		}
 	}
 	return false
+}
+
+// addVia appends this hop to the Via header. The received protocol is the
+// one of the message as it arrived here.
+func addVia(h http.Header, major, minor int, via string) {
+	hop := via
+	if major == 2 {
+		hop = "2" + via[len("1.1"):]
+	} else if major == 1 && minor == 0 {
+		hop = "1.0" + via[len("1.1"):]
+	}
+	if prior := h.Get("Via"); prior != "" {
+		hop = prior + ", " + hop
+	}
+	h.Set("Via", hop)
 }

@@ -35,6 +35,9 @@ type Options struct {
 	// Metrics records requests; give the same Metrics to the routes. If
 	// nil, nothing is recorded.
 	Metrics *Metrics
+	// Via, if set, is added to the Via header of requests and responses
+	// (RFC 9110 section 7.6.3) as "1.1 <Via>", such as "1.1 mtlsproxy".
+	Via string
 }
 
 // Proxy is an http.Handler that forwards plain-HTTP proxy and gateway
@@ -48,6 +51,7 @@ type Proxy struct {
 	access   *zap.Logger
 	// unrouted counts requests that matched no route.
 	unrouted *routeMetrics
+	via      string
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -79,6 +83,9 @@ func New(o Options) (*Proxy, error) {
 	}
 	p := &Proxy{routes: o.Routes, upstream: o.Upstream, upRoute: o.UpstreamRoute, log: log, access: access,
 		unrouted: o.Metrics.route("")}
+	if o.Via != "" {
+		p.via = "1.1 " + o.Via
+	}
 
 	gp := goproxy.NewProxyHttpServer()
 	// Replace the defaults, which read proxy settings from the environment
@@ -141,6 +148,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
 	p.gp.ServeHTTP(rec, r)
+	if ex.clientConn != nil {
+		// goproxy returns from a WebSocket relay when either side ends
+		// but leaves the client connection open: close it, which also
+		// ends the relay goroutine still reading from it.
+		_ = ex.clientConn.Close()
+	}
 	p.logAccess(ex, r)
 }
 
@@ -211,6 +224,10 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 		return r, perr.response(r)
 	}
 	ctx.RoundTripper = route.rt
+	if ce := p.log.Check(zap.DebugLevel, "forwarding"); ce != nil {
+		ce.Write(zap.String("method", r.Method), zap.String("upstream", r.URL.Host), zap.String("path", r.URL.Path),
+			zap.String("route", route.name), zap.Bool("gateway", ex.gateway))
+	}
 	return r, nil
 }
 
@@ -261,6 +278,9 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 	// it would close the pooled upstream connection and cost a handshake.
 	r.Close = false
 	removeHopHeaders(r.Header, isUpgrade(r.Header))
+	if p.via != "" {
+		addVia(r.Header, r.ProtoMajor, r.ProtoMinor, p.via)
+	}
 	return route, nil
 }
 
@@ -291,6 +311,9 @@ func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Res
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		removeHopHeaders(resp.Header, false)
+	}
+	if p.via != "" {
+		addVia(resp.Header, resp.ProtoMajor, resp.ProtoMinor, p.via)
 	}
 	return resp
 }

@@ -76,6 +76,9 @@ type RouteOptions struct {
 	Connect ConnectPolicy
 	// Metrics records handshakes and requests. If nil, nothing is recorded.
 	Metrics *Metrics
+	// HTTP2 offers HTTP/2 to the upstream by ALPN; servers that do not
+	// take it get HTTP/1.1. WebSocket upgrades always use HTTP/1.1.
+	HTTP2 bool
 	// Timeouts for the upstream side; zero fields take defaults.
 	Timeouts Timeouts
 	// MaxIdleConnsPerHost is the idle pool size per upstream host. If zero,
@@ -97,8 +100,12 @@ type Route struct {
 	tlsOpts   tlsconf.ClientOptions
 	tlsConfig atomic.Pointer[tls.Config]
 	transport *http.Transport
-	rt        goproxy.RoundTripper
-	metrics   *routeMetrics
+	// h1 carries WebSocket upgrades, which HTTP/2 cannot, when transport
+	// may speak HTTP/2; otherwise it is transport.
+	h1       *http.Transport
+	h1Config atomic.Pointer[tls.Config]
+	rt       goproxy.RoundTripper
+	metrics  *routeMetrics
 }
 
 // ConnectPolicy is what a route does with CONNECT requests.
@@ -133,6 +140,7 @@ func NewRoute(o RouteOptions) *Route {
 		MinVersion: o.MinVersion,
 		VerifySAN:  o.VerifySAN,
 		Pins:       o.Pins,
+		HTTP2:      o.HTTP2,
 	}
 	tlsCfg := tlsconf.ClientConfig(tlsOpts)
 	r := &Route{
@@ -163,6 +171,18 @@ func NewRoute(o RouteOptions) *Route {
 		// Keep the client's Accept-Encoding and never decompress behind
 		// its back.
 		DisableCompression: true,
+		ForceAttemptHTTP2:  o.HTTP2,
+	}
+	r.h1 = r.transport
+	if o.HTTP2 {
+		h1 := r.transport.Clone()
+		h1.ForceAttemptHTTP2 = false
+		h1.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+		h1.DialTLSContext = r.dialTLSH1
+		r.h1 = h1
+		h1Opts := tlsOpts
+		h1Opts.HTTP2 = false
+		r.h1Config.Store(tlsconf.ClientConfig(h1Opts))
 	}
 	r.tlsConfig.Store(tlsCfg)
 	r.rt = goproxy.RoundTripperFunc(r.roundTrip)
@@ -184,13 +204,24 @@ func (r *Route) Hosts() []HostPattern { return r.hosts }
 func (r *Route) TLSConfig() *tls.Config { return r.tlsConfig.Load() }
 
 // SetRootCAs swaps the pool that verifies upstream servers. New
-// handshakes use it; idle pooled connections verified by the old pool are
-// closed, and requests in flight finish on their connections.
+// handshakes use it; see Refresh.
 func (r *Route) SetRootCAs(pool *x509.CertPool) {
-	opts := r.tlsOpts
-	opts.RootCAs = pool
-	r.tlsConfig.Store(tlsconf.ClientConfig(opts))
-	r.transport.CloseIdleConnections()
+	r.tlsOpts.RootCAs = pool
+	r.Refresh()
+}
+
+// Refresh starts over with fresh TLS state after the route's identity or
+// trust changed: a new session cache (a resumed session would carry the
+// old client certificate), and idle pooled connections closed. Requests
+// in flight finish on their connections.
+func (r *Route) Refresh() {
+	r.tlsConfig.Store(tlsconf.ClientConfig(r.tlsOpts))
+	if r.h1 != r.transport {
+		opts := r.tlsOpts
+		opts.HTTP2 = false
+		r.h1Config.Store(tlsconf.ClientConfig(opts))
+	}
+	r.CloseIdleConnections()
 }
 
 // Dial connects to addr (host:port) the way the route's requests do,
@@ -200,7 +231,12 @@ func (r *Route) Dial(ctx context.Context, addr string) (net.Conn, error) {
 }
 
 // CloseIdleConnections closes pooled upstream connections that are idle.
-func (r *Route) CloseIdleConnections() { r.transport.CloseIdleConnections() }
+func (r *Route) CloseIdleConnections() {
+	r.transport.CloseIdleConnections()
+	if r.h1 != r.transport {
+		r.h1.CloseIdleConnections()
+	}
+}
 
 func (r *Route) match(host, port string) bool {
 	for _, p := range r.hosts {
@@ -215,17 +251,28 @@ func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Respo
 	if ex, ok := ctx.UserData.(*exchange); ok {
 		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &ex.trace))
 	}
+	if isUpgrade(req.Header) {
+		return r.h1.RoundTrip(req)
+	}
 	return r.transport.RoundTrip(req)
 }
 
 // dialTLS connects and does the upstream TLS handshake, bounded by the
 // TLS handshake timeout.
 func (r *Route) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+	return r.handshake(ctx, network, addr, r.tlsConfig.Load())
+}
+
+// dialTLSH1 is dialTLS offering HTTP/1.1 only, for upgrades.
+func (r *Route) dialTLSH1(ctx context.Context, network, addr string) (net.Conn, error) {
+	return r.handshake(ctx, network, addr, r.h1Config.Load())
+}
+
+func (r *Route) handshake(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
 	conn, err := r.dial(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
-	cfg := r.tlsConfig.Load()
 	if cfg.ServerName == "" {
 		host, _, _ := net.SplitHostPort(addr)
 		cfg = cfg.Clone()

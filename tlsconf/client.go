@@ -24,6 +24,8 @@ type ClientOptions struct {
 	// Pins, if set, requires the server leaf's public key to match one of
 	// these SHA-256 SubjectPublicKeyInfo digests.
 	Pins []Pin
+	// HTTP2 offers HTTP/2 by ALPN as well as HTTP/1.1.
+	HTTP2 bool
 	// SessionCacheSize is the number of TLS sessions kept for resumption.
 	// If zero, 1024.
 	SessionCacheSize int
@@ -40,12 +42,16 @@ func ClientConfig(o ClientOptions) *tls.Config {
 	if size <= 0 {
 		size = 1024
 	}
+	protos := []string{"http/1.1"}
+	if o.HTTP2 {
+		protos = []string{"h2", "http/1.1"}
+	}
 	cfg := &tls.Config{
 		MinVersion:         minVersion,
 		RootCAs:            o.RootCAs,
 		ServerName:         o.ServerName,
 		ClientSessionCache: tls.NewLRUClientSessionCache(size),
-		NextProtos:         []string{"http/1.1"},
+		NextProtos:         protos,
 		VerifyConnection:   verifyPeer(o.VerifySAN, o.Pins),
 	}
 	if o.Identity != nil {

@@ -23,6 +23,8 @@ type fileConfig struct {
 	Listen string `yaml:"listen"`
 	// UnsafeListen allows non-loopback listeners.
 	UnsafeListen bool `yaml:"unsafe_listen"`
+	// Via adds "Via: 1.1 mtlsproxy" to requests and responses.
+	Via bool `yaml:"via"`
 	// Admin is the admin listener; off if empty.
 	Admin string `yaml:"admin"`
 	// MaxConnections caps open client connections per listener; 0 means
@@ -100,6 +102,8 @@ type upstreamConfig struct {
 	Address    string       `yaml:"address"`
 	Verify     verifyConfig `yaml:"verify"`
 	MinTLS     string       `yaml:"min_tls"`
+	// HTTP2 offers HTTP/2 by ALPN (default true).
+	HTTP2 *bool `yaml:"http2"`
 }
 
 type routeConfig struct {

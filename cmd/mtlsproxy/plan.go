@@ -34,6 +34,7 @@ type plan struct {
 	gateways      []*gatewayPlan
 	// admin is the admin listener address, or "".
 	admin    string
+	via      bool
 	maxConns int
 	// upstream is the upstream side of every route; the rest are the
 	// client side.
@@ -190,7 +191,8 @@ func (cfg *runConfig) validate() (*plan, error) {
 	if len(cfg.CACerts) > 0 {
 		trust, trustKey = strings.Join(cfg.CACerts, ","), "default"
 	}
-	base := proxy.RouteOptions{Identity: id, RootCAs: roots, ServerName: cfg.ServerName, Resolve: pl.resolve}
+	pl.via = cfg.Via
+	base := proxy.RouteOptions{Identity: id, RootCAs: roots, ServerName: cfg.ServerName, Resolve: pl.resolve, HTTP2: cfg.HTTP2}
 	if len(allow) > 0 {
 		ro := base
 		ro.Name, ro.Hosts = "forward", allow
@@ -261,7 +263,7 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 			probs.add("admin", "%v", strings.TrimPrefix(err.Error(), "admin "))
 		}
 	}
-	pl.admin, pl.maxConns = cfg.Admin, cfg.MaxConnections
+	pl.admin, pl.maxConns, pl.via = cfg.Admin, cfg.MaxConnections, cfg.Via
 	if cfg.MaxConnections < 0 {
 		probs.add("max_connections", "%d: want 0 (no limit) or more", cfg.MaxConnections)
 	}
@@ -448,6 +450,7 @@ func upstreamOptions(path string, u upstreamConfig, pl *plan, pools map[string]*
 		}
 	}
 	rp.opts.Address = u.Address
+	rp.opts.HTTP2 = u.HTTP2 == nil || *u.HTTP2
 	rp.opts.Resolve = pl.resolve
 	for i, s := range u.Verify.SAN {
 		if strings.TrimSpace(s) == "" {

@@ -69,6 +69,9 @@ repeatable flags take a comma-separated list there):
   --max-connections N      open client connections per listener; past it, new
                            connections wait in the kernel's accept queue (default 0:
                            no limit)
+  --http2                  offer HTTP/2 to upstreams by ALPN; servers that do not take
+                           it get HTTP/1.1 (default true; --http2=false turns it off)
+  --via                    add "Via: 1.1 mtlsproxy" to requests and responses
   --log-level LEVEL        debug, info, warn or error (default info)
   --log-format FORMAT      json or console (default json)
 
@@ -106,6 +109,10 @@ type runConfig struct {
 	LogLevel     string
 	LogFormat    string
 	Admin        string
+	// HTTP2 offers HTTP/2 to upstreams by ALPN.
+	HTTP2 bool
+	// Via adds "Via: 1.1 mtlsproxy" to requests and responses.
+	Via bool
 	// KeyPassFile holds the passphrase of an encrypted PKCS#8 --key.
 	KeyPassFile    string
 	PKCS12         string
@@ -148,6 +155,8 @@ func (c *cli) parseRunFlags(args []string) (*runConfig, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "")
 	fs.StringVar(&cfg.LogFormat, "log-format", "json", "")
 	fs.StringVar(&cfg.Admin, "admin", "", "")
+	fs.BoolVar(&cfg.HTTP2, "http2", true, "")
+	fs.BoolVar(&cfg.Via, "via", false, "")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", 0, "")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "")
 	fs.DurationVar(&cfg.ReadHeaderTimeout, "read-header-timeout", 30*time.Second, "")
@@ -219,7 +228,7 @@ func (cfg *runConfig) plan() (*plan, error) {
 		return cfg.validate()
 	}
 	var clash []string
-	for _, name := range []string{"cert", "key", "key-pass-file", "pkcs12", "pkcs12-pass-file", "cacert", "allow", "upstream", "server-name"} {
+	for _, name := range []string{"cert", "key", "key-pass-file", "pkcs12", "pkcs12-pass-file", "cacert", "allow", "upstream", "server-name", "http2"} {
 		if cfg.set[name] {
 			clash = append(clash, "--"+name)
 		}
@@ -252,6 +261,9 @@ func (cfg *runConfig) plan() (*plan, error) {
 	}
 	if cfg.set["expiry-warning"] {
 		fc.ExpiryWarning = &cfg.ExpiryWarning
+	}
+	if cfg.set["via"] {
+		fc.Via = cfg.Via
 	}
 	if cfg.set["max-connections"] {
 		fc.MaxConnections = cfg.MaxConnections

@@ -150,6 +150,9 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 	}
 	open := func(name, addr string, o proxy.Options) error {
 		o.Logger, o.AccessLog, o.Metrics = rt.logger, access, rt.metrics
+		if pl.via {
+			o.Via = "mtlsproxy"
+		}
 		h, err := proxy.New(o)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -298,7 +301,7 @@ func (rt *proxyRuntime) reload(reason string) {
 		}
 		rt.reloads.WithLabelValues(name, "ok").Inc()
 		for _, r := range rt.routes[name] {
-			r.CloseIdleConnections()
+			r.Refresh()
 		}
 		rt.logger.Info("identity reloaded: new certificate in use", zap.String("identity", name), zap.String("reason", reason),
 			zap.String("subject", after.Leaf.Subject.String()), zap.Time("not_after", after.Leaf.NotAfter))
