@@ -23,6 +23,7 @@ type exchange struct {
 	start      time.Time
 	gateway    bool
 	connect    bool
+	client     string // authenticated caller, if clients are configured
 	host       string // upstream host:port
 	route      *Route
 	status     int
@@ -89,6 +90,7 @@ func (p *Proxy) logAccess(ex *exchange, r *http.Request) {
 		zap.Bool("reused", ex.reused),
 		zap.String("error", ex.code),
 		zap.String("client", r.RemoteAddr),
+		zap.String("caller", ex.client),
 	}
 	if ex.detail != "" {
 		fields = append(fields, zap.String("detail", ex.detail))

@@ -35,6 +35,16 @@ type Options struct {
 	// Metrics records requests; give the same Metrics to the routes. If
 	// nil, nothing is recorded.
 	Metrics *Metrics
+	// Clients, if not empty, must authenticate with Proxy-Authorization
+	// Basic; others get 407. Routes may be limited to some clients.
+	Clients Clients
+	// StripHeaders are removed from every request before it goes
+	// upstream, on top of X-Forwarded-Client-Cert, so that a local caller
+	// cannot forge an identity header the upstream trusts.
+	StripHeaders []string
+	// Self lists the proxy's own listener addresses (host:port); a request
+	// aimed at one of them is answered at once instead of looping.
+	Self []string
 	// Via, if set, is added to the Via header of requests and responses
 	// (RFC 9110 section 7.6.3) as "1.1 <Via>", such as "1.1 mtlsproxy".
 	Via string
@@ -52,6 +62,9 @@ type Proxy struct {
 	// unrouted counts requests that matched no route.
 	unrouted *routeMetrics
 	via      string
+	clients  Clients
+	strip    []string
+	self     map[string]bool
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -86,6 +99,14 @@ func New(o Options) (*Proxy, error) {
 	if o.Via != "" {
 		p.via = "1.1 " + o.Via
 	}
+	p.clients = o.Clients
+	p.strip = append([]string{"X-Forwarded-Client-Cert"}, o.StripHeaders...)
+	p.self = map[string]bool{}
+	for _, a := range o.Self {
+		if host, port, err := net.SplitHostPort(a); err == nil {
+			p.self[net.JoinHostPort(NormalizeHost(host), port)] = true
+		}
+	}
 
 	gp := goproxy.NewProxyHttpServer()
 	// Replace the defaults, which read proxy settings from the environment
@@ -114,6 +135,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer p.recoverPanic(rec, r, ex)
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countingBody{ReadCloser: r.Body, n: &ex.bytesIn}
+	}
+	if len(p.clients) > 0 {
+		name, ok := p.clients.authenticate(r.Header)
+		if !ok {
+			perr := proxyAuthRequired()
+			ex.fail(perr, nil)
+			rec.Header().Set("Proxy-Authenticate", `Basic realm="mtlsproxy"`)
+			perr.write(rec)
+			p.logAccess(ex, r)
+			return
+		}
+		ex.client = name
 	}
 	switch {
 	case r.URL.User != nil:
@@ -180,7 +213,7 @@ func (p *Proxy) onConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.Connec
 	host = NormalizeHost(host)
 	ex.host = net.JoinHostPort(host, port)
 	var perr *proxyError
-	route := p.match(host, port)
+	route := p.match(host, port, ex.client)
 	switch {
 	case host == "" || !validPort(port):
 		perr = badRequest("CONNECT target %q is not host:port", target)
@@ -253,11 +286,18 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 	hostport := net.JoinHostPort(host, port)
 	ex.host = hostport
 
+	if p.isSelf(host, port) {
+		return nil, &proxyError{status: http.StatusLoopDetected, code: CodeBadRequest,
+			msg: fmt.Sprintf("request for %s loops back to mtlsproxy itself; send it to the upstream's name instead", hostport)}
+	}
 	var route *Route
 	if ex.gateway {
 		route = p.upRoute
+		if !route.allows(ex.client) {
+			route = nil
+		}
 	} else {
-		route = p.match(host, port)
+		route = p.match(host, port, ex.client)
 	}
 	if route == nil {
 		return nil, &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
@@ -278,19 +318,44 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 	// it would close the pooled upstream connection and cost a handshake.
 	r.Close = false
 	removeHopHeaders(r.Header, isUpgrade(r.Header))
+	for _, h := range p.strip {
+		r.Header.Del(h)
+	}
 	if p.via != "" {
 		addVia(r.Header, r.ProtoMajor, r.ProtoMinor, p.via)
 	}
 	return route, nil
 }
 
-func (p *Proxy) match(host, port string) *Route {
+// match finds the first route for host:port that the caller may use.
+func (p *Proxy) match(host, port, client string) *Route {
 	for _, rt := range p.routes {
-		if rt.match(host, port) {
+		if rt.match(host, port) && rt.allows(client) {
 			return rt
 		}
 	}
 	return nil
+}
+
+// isSelf reports whether host:port is one of the proxy's own listeners.
+func (p *Proxy) isSelf(host, port string) bool {
+	if len(p.self) == 0 {
+		return false
+	}
+	if p.self[net.JoinHostPort(host, port)] {
+		return true
+	}
+	// A listener on a loopback or unspecified address is also reached
+	// through localhost and the other loopback names.
+	if host == "localhost" || host == "::1" || strings.HasPrefix(host, "127.") {
+		for a := range p.self {
+			h, pt, _ := net.SplitHostPort(a)
+			if pt == port && (h == "127.0.0.1" || h == "::1" || h == "0.0.0.0" || h == "::" || h == "localhost") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Response {

@@ -76,6 +76,9 @@ type RouteOptions struct {
 	Connect ConnectPolicy
 	// Metrics records handshakes and requests. If nil, nothing is recorded.
 	Metrics *Metrics
+	// Clients, if set, limits the route to these authenticated callers;
+	// others go on to the next route.
+	Clients []string
 	// HTTP2 offers HTTP/2 to the upstream by ALPN; servers that do not
 	// take it get HTTP/1.1. WebSocket upgrades always use HTTP/1.1.
 	HTTP2 bool
@@ -95,6 +98,7 @@ type Route struct {
 	hosts     []HostPattern
 	identity  *tlsconf.Identity
 	connect   ConnectPolicy
+	clients   map[string]bool
 	timeouts  Timeouts
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
 	tlsOpts   tlsconf.ClientOptions
@@ -185,6 +189,12 @@ func NewRoute(o RouteOptions) *Route {
 		r.h1Config.Store(tlsconf.ClientConfig(h1Opts))
 	}
 	r.tlsConfig.Store(tlsCfg)
+	if len(o.Clients) > 0 {
+		r.clients = map[string]bool{}
+		for _, c := range o.Clients {
+			r.clients[c] = true
+		}
+	}
 	r.rt = goproxy.RoundTripperFunc(r.roundTrip)
 	return r
 }
@@ -245,6 +255,11 @@ func (r *Route) match(host, port string) bool {
 		}
 	}
 	return false
+}
+
+// allows reports whether the caller may use the route.
+func (r *Route) allows(client string) bool {
+	return r.clients == nil || r.clients[client]
 }
 
 func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {

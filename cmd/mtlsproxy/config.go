@@ -25,6 +25,14 @@ type fileConfig struct {
 	UnsafeListen bool `yaml:"unsafe_listen"`
 	// Via adds "Via: 1.1 mtlsproxy" to requests and responses.
 	Via bool `yaml:"via"`
+	// SocketMode is the file mode of unix:PATH listeners, in octal
+	// (default "0660").
+	SocketMode string `yaml:"socket_mode"`
+	// StripHeaders are removed from requests before they go upstream, on
+	// top of X-Forwarded-Client-Cert.
+	StripHeaders []string `yaml:"strip_headers"`
+	// Clients, if any, must authenticate with Proxy-Authorization Basic.
+	Clients map[string]clientConfig `yaml:"clients"`
 	// Admin is the admin listener; off if empty.
 	Admin string `yaml:"admin"`
 	// MaxConnections caps open client connections per listener; 0 means
@@ -77,6 +85,10 @@ type mitmCAConfig struct {
 	Key  string `yaml:"key"`
 }
 
+type clientConfig struct {
+	PasswordFile string `yaml:"password_file"`
+}
+
 type identityConfig struct {
 	Cert         string `yaml:"cert"`
 	Key          string `yaml:"key"`
@@ -112,6 +124,9 @@ type routeConfig struct {
 	Hosts          []string `yaml:"hosts"`
 	upstreamConfig `yaml:",inline"`
 	Connect        string `yaml:"connect"`
+	// Clients limits the route to these callers (see the top-level
+	// clients); others go on to the next route.
+	Clients []string `yaml:"clients"`
 }
 
 type gatewayConfig struct {
@@ -119,6 +134,7 @@ type gatewayConfig struct {
 	Listen         string `yaml:"listen"`
 	Upstream       string `yaml:"upstream"`
 	upstreamConfig `yaml:",inline"`
+	Clients        []string `yaml:"clients"`
 }
 
 // configProblems collects validation problems, each with its field path
@@ -260,7 +276,7 @@ func indexLines(n *yaml.Node, path string, lines map[string]int) {
 var (
 	yamlFieldNotFound = regexp.MustCompile(`^line (\d+): field (\S+) not found in type main\.(\w+)$`)
 	yamlSection       = map[string]string{
-		"fileConfig": "the top level", "logConfig": "log", "timeoutsConfig": "timeouts", "mitmCAConfig": "mitm_ca",
+		"fileConfig": "the top level", "logConfig": "log", "timeoutsConfig": "timeouts", "clientConfig": "a client", "mitmCAConfig": "mitm_ca",
 		"identityConfig": "an identity", "trustConfig": "a trust bundle", "verifyConfig": "verify",
 		"routeConfig": "a route", "gatewayConfig": "a gateway",
 	}
@@ -304,8 +320,8 @@ func readableYAMLError(e string) (line int, msg string) {
 
 var configTypes = map[string]reflect.Type{
 	"fileConfig": reflect.TypeFor[fileConfig](), "logConfig": reflect.TypeFor[logConfig](),
-	"timeoutsConfig": reflect.TypeFor[timeoutsConfig](),
-	"mitmCAConfig":   reflect.TypeFor[mitmCAConfig](), "identityConfig": reflect.TypeFor[identityConfig](),
+	"timeoutsConfig": reflect.TypeFor[timeoutsConfig](), "clientConfig": reflect.TypeFor[clientConfig](),
+	"mitmCAConfig": reflect.TypeFor[mitmCAConfig](), "identityConfig": reflect.TypeFor[identityConfig](),
 	"trustConfig": reflect.TypeFor[trustConfig](), "verifyConfig": reflect.TypeFor[verifyConfig](),
 	"routeConfig": reflect.TypeFor[routeConfig](), "gatewayConfig": reflect.TypeFor[gatewayConfig](),
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mtlsproxy/mtlsproxy/proxy"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf"
@@ -103,11 +104,38 @@ func checkListen(flagName, addr string, unsafe bool) error {
 	return fmt.Errorf("%s %s: %s, and anyone who can reach it can use the client identity; listen on 127.0.0.1 or add --unsafe-listen", flagName, addr, what)
 }
 
-func listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		return net.Listen("unix", path)
+// listen opens a TCP listener, or a unix socket for "unix:PATH" with the
+// given file mode. A socket file left behind by a crashed process is
+// replaced; one that a live process still serves is not.
+func listen(addr string, mode os.FileMode) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, "unix:")
+	if !ok {
+		return net.Listen("tcp", addr)
 	}
-	return net.Listen("tcp", addr)
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket; not replacing it", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("%s is in use by another process", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	// The socket is created with the umask's mode; set the intended one
+	// before anyone can use it (net.UnixListener removes the file on
+	// Close).
+	if err := os.Chmod(path, mode); err != nil {
+		_ = ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return ln, nil
 }
 
 // parseUpstream checks a gateway upstream URL.

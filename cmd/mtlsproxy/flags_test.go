@@ -184,7 +184,7 @@ func TestRunFlagsEnvironment(t *testing.T) {
 	defaults := runConfig{Listen: "127.0.0.1:8080", LogLevel: "info", LogFormat: "json",
 		ShutdownTimeout: 30 * time.Second, ReadHeaderTimeout: 30 * time.Second, ClientIdleTimeout: 2 * time.Minute,
 		DialTimeout: 10 * time.Second, TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 60 * time.Second,
-		IdleConnTimeout: 90 * time.Second, ReloadInterval: time.Minute, ExpiryWarning: 7 * 24 * time.Hour, HTTP2: true}
+		IdleConnTimeout: 90 * time.Second, ReloadInterval: time.Minute, ExpiryWarning: 7 * 24 * time.Hour, HTTP2: true, SocketMode: "0660"}
 	tests := []struct {
 		name string
 		env  map[string]string

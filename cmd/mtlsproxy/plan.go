@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,9 +34,13 @@ type plan struct {
 	upstreamRoute *routePlan
 	gateways      []*gatewayPlan
 	// admin is the admin listener address, or "".
-	admin    string
-	via      bool
-	maxConns int
+	admin string
+	via   bool
+	// clients must authenticate when not empty.
+	clients      proxy.Clients
+	stripHeaders []string
+	socketMode   os.FileMode
+	maxConns     int
 	// upstream is the upstream side of every route; the rest are the
 	// client side.
 	timeouts          proxy.Timeouts
@@ -90,6 +95,16 @@ func (cfg *runConfig) validate() (*plan, error) {
 		}
 	}
 	add(checkListen("--listen", cfg.Listen, cfg.UnsafeListen))
+	mode, err := parseSocketMode(cfg.SocketMode)
+	if err != nil {
+		add(fmt.Errorf("--socket-mode %w", err))
+	}
+	pl.socketMode = mode
+	for _, h := range cfg.StripHeaders {
+		if !validHeaderName(h) {
+			add(fmt.Errorf("--strip-header %q: not a header name", h))
+		}
+	}
 	if cfg.Admin != "" {
 		add(checkListen("--admin", cfg.Admin, cfg.UnsafeListen))
 	}
@@ -191,7 +206,7 @@ func (cfg *runConfig) validate() (*plan, error) {
 	if len(cfg.CACerts) > 0 {
 		trust, trustKey = strings.Join(cfg.CACerts, ","), "default"
 	}
-	pl.via = cfg.Via
+	pl.via, pl.stripHeaders = cfg.Via, cfg.StripHeaders
 	base := proxy.RouteOptions{Identity: id, RootCAs: roots, ServerName: cfg.ServerName, Resolve: pl.resolve, HTTP2: cfg.HTTP2}
 	if len(allow) > 0 {
 		ro := base
@@ -263,7 +278,47 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 			probs.add("admin", "%v", strings.TrimPrefix(err.Error(), "admin "))
 		}
 	}
-	pl.admin, pl.maxConns, pl.via = cfg.Admin, cfg.MaxConnections, cfg.Via
+	pl.admin, pl.maxConns, pl.via, pl.stripHeaders = cfg.Admin, cfg.MaxConnections, cfg.Via, cfg.StripHeaders
+	sm := cfg.SocketMode
+	if sm == "" {
+		sm = "0660"
+	}
+	var err error
+	if pl.socketMode, err = parseSocketMode(sm); err != nil {
+		probs.add("socket_mode", "%v", err)
+	}
+	for i, h := range cfg.StripHeaders {
+		if !validHeaderName(h) {
+			probs.add(fmt.Sprintf("strip_headers[%d]", i), "%q is not a header name", h)
+		}
+	}
+	if len(cfg.Clients) > 0 {
+		passwords := map[string]string{}
+		for _, name := range sortedKeys(cfg.Clients) {
+			path := "clients." + name
+			pf := cfg.Clients[name].PasswordFile
+			if pf == "" {
+				probs.add(path+".password_file", "required: a file holding the client's password")
+				continue
+			}
+			b, err := os.ReadFile(pf)
+			if err != nil {
+				probs.add(path+".password_file", "%v", err)
+				continue
+			}
+			pw := strings.TrimRight(string(b), "\r\n")
+			if pw == "" {
+				probs.add(path+".password_file", "%s is empty", pf)
+				continue
+			}
+			if strings.Contains(name, ":") {
+				probs.add(path, "a client name cannot contain ':'")
+				continue
+			}
+			passwords[name] = pw
+		}
+		pl.clients = proxy.NewClients(passwords)
+	}
 	if cfg.MaxConnections < 0 {
 		probs.add("max_connections", "%d: want 0 (no limit) or more", cfg.MaxConnections)
 	}
@@ -295,7 +350,6 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 	if level == "" {
 		level = "info"
 	}
-	var err error
 	if pl.level, err = parseLevel(level); err != nil {
 		probs.add("log.level", "%v", err)
 	}
@@ -379,6 +433,7 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 		default:
 			probs.add(path+".connect", "%q: want reject or tunnel", r.Connect)
 		}
+		rp.opts.Clients = checkClients(path, r.Clients, cfg.Clients, probs)
 		pl.routes = append(pl.routes, rp)
 	}
 	for i, g := range cfg.Gateways {
@@ -407,6 +462,7 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 		gp.name = uniqueName(path, g.Name, def)
 		gp.route.opts.Name = gp.name
 		upstreamOptions(path, g.upstreamConfig, pl, pools, gp.route, probs)
+		gp.route.opts.Clients = checkClients(path, g.Clients, cfg.Clients, probs)
 		pl.gateways = append(pl.gateways, gp)
 	}
 	if len(cfg.Routes) == 0 && len(cfg.Gateways) == 0 {
@@ -567,4 +623,38 @@ func known(what string, names []string) string {
 		return " (no " + what + " are defined)"
 	}
 	return " (known " + what + ": " + strings.Join(names, ", ") + ")"
+}
+
+// checkClients validates a route's or gateway's client list.
+func checkClients(path string, names []string, defined map[string]clientConfig, probs *configProblems) []string {
+	for i, n := range names {
+		if _, ok := defined[n]; !ok {
+			probs.add(fmt.Sprintf("%s.clients[%d]", path, i), "unknown client %q%s", n, known("clients", sortedKeys(defined)))
+		}
+	}
+	return names
+}
+
+func parseSocketMode(s string) (os.FileMode, error) {
+	n, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || n > 0o777 {
+		return 0, fmt.Errorf("%q: want an octal file mode such as 0660", s)
+	}
+	if n&0o002 != 0 {
+		return 0, fmt.Errorf("%q: a world-writable socket lets any local user borrow the identity", s)
+	}
+	return os.FileMode(n), nil
+}
+
+func validHeaderName(h string) bool {
+	if h == "" {
+		return false
+	}
+	for _, c := range h {
+		if c > 127 || !(c == '-' || c == '_' || c == '.' || c == '!' || c == '#' || c == '$' || c == '%' || c == '&' || c == '\'' ||
+			c == '*' || c == '+' || c == '^' || c == '`' || c == '|' || c == '~' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
 }

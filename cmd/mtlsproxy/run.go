@@ -72,6 +72,9 @@ repeatable flags take a comma-separated list there):
   --http2                  offer HTTP/2 to upstreams by ALPN; servers that do not take
                            it get HTTP/1.1 (default true; --http2=false turns it off)
   --via                    add "Via: 1.1 mtlsproxy" to requests and responses
+  --strip-header NAME      remove this request header before forwarding (repeatable);
+                           X-Forwarded-Client-Cert is always removed
+  --socket-mode MODE       file mode of unix:PATH listeners (default 0660)
   --log-level LEVEL        debug, info, warn or error (default info)
   --log-format FORMAT      json or console (default json)
 
@@ -112,7 +115,9 @@ type runConfig struct {
 	// HTTP2 offers HTTP/2 to upstreams by ALPN.
 	HTTP2 bool
 	// Via adds "Via: 1.1 mtlsproxy" to requests and responses.
-	Via bool
+	Via          bool
+	SocketMode   string
+	StripHeaders []string
 	// KeyPassFile holds the passphrase of an encrypted PKCS#8 --key.
 	KeyPassFile    string
 	PKCS12         string
@@ -157,6 +162,8 @@ func (c *cli) parseRunFlags(args []string) (*runConfig, error) {
 	fs.StringVar(&cfg.Admin, "admin", "", "")
 	fs.BoolVar(&cfg.HTTP2, "http2", true, "")
 	fs.BoolVar(&cfg.Via, "via", false, "")
+	fs.StringVar(&cfg.SocketMode, "socket-mode", "0660", "")
+	fs.Var((*stringList)(&cfg.StripHeaders), "strip-header", "")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", 0, "")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "")
 	fs.DurationVar(&cfg.ReadHeaderTimeout, "read-header-timeout", 30*time.Second, "")
@@ -265,6 +272,10 @@ func (cfg *runConfig) plan() (*plan, error) {
 	if cfg.set["via"] {
 		fc.Via = cfg.Via
 	}
+	if cfg.set["socket-mode"] {
+		fc.SocketMode = cfg.SocketMode
+	}
+	fc.StripHeaders = append(fc.StripHeaders, cfg.StripHeaders...)
 	if cfg.set["max-connections"] {
 		fc.MaxConnections = cfg.MaxConnections
 	}

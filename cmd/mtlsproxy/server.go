@@ -148,20 +148,18 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 		rt.all = append(rt.all, r)
 		return r
 	}
+	type pending struct {
+		l *listener
+		o proxy.Options
+	}
+	var todo []pending
 	open := func(name, addr string, o proxy.Options) error {
-		o.Logger, o.AccessLog, o.Metrics = rt.logger, access, rt.metrics
-		if pl.via {
-			o.Via = "mtlsproxy"
-		}
-		h, err := proxy.New(o)
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		l, err := rt.open(name, addr, h)
+		l, err := rt.open(name, addr, nil)
 		if err != nil {
 			return err
 		}
 		rt.listeners = append(rt.listeners, l)
+		todo = append(todo, pending{l, o})
 		return nil
 	}
 	main := proxy.Options{}
@@ -181,6 +179,27 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 			return err
 		}
 	}
+	// The handlers are built once every listener is open, so that each
+	// knows all of the proxy's own addresses and refuses to loop.
+	var self []string
+	for _, l := range rt.listeners {
+		if l.ln.Addr().Network() == "tcp" {
+			self = append(self, l.ln.Addr().String())
+		}
+	}
+	for _, t := range todo {
+		o := t.o
+		o.Logger, o.AccessLog, o.Metrics = rt.logger, access, rt.metrics
+		o.Clients, o.StripHeaders, o.Self = pl.clients, pl.stripHeaders, self
+		if pl.via {
+			o.Via = "mtlsproxy"
+		}
+		h, err := proxy.New(o)
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.l.name, err)
+		}
+		t.l.srv.Handler = h
+	}
 	if pl.admin != "" {
 		h := admin.Handler(admin.Options{Ready: rt.ready, Gatherer: rt.reg, Level: pl.level})
 		l, err := rt.open("admin", pl.admin, h)
@@ -193,7 +212,7 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 }
 
 func (rt *proxyRuntime) open(name, addr string, h http.Handler) (*listener, error) {
-	ln, err := listen(addr)
+	ln, err := listen(addr, rt.pl.socketMode)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
