@@ -299,6 +299,10 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 	} else {
 		route = p.match(host, port, ex.client)
 	}
+	if route == nil && ex.client != "" && p.matchAnyCaller(host, port, ex.gateway) {
+		return nil, &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
+			msg: fmt.Sprintf("host %s is not allowed for caller %q: its routes are for other callers", hostport, ex.client)}
+	}
 	if route == nil {
 		return nil, &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
 			msg: fmt.Sprintf("host %s is not allowed: no route matches it (to send the client certificate there, add --allow %s, or a route for it in the config file)", hostport, host)}
@@ -335,6 +339,20 @@ func (p *Proxy) match(host, port, client string) *Route {
 		}
 	}
 	return nil
+}
+
+// matchAnyCaller reports whether some route would carry host:port for
+// another caller.
+func (p *Proxy) matchAnyCaller(host, port string, gateway bool) bool {
+	if gateway {
+		return p.upRoute != nil
+	}
+	for _, rt := range p.routes {
+		if rt.match(host, port) {
+			return true
+		}
+	}
+	return false
 }
 
 // isSelf reports whether host:port is one of the proxy's own listeners.

@@ -257,6 +257,15 @@ func (r *Route) match(host, port string) bool {
 	return false
 }
 
+// Clients lists the callers the route is limited to; nil means any.
+func (r *Route) Clients() []string {
+	var out []string
+	for c := range r.clients {
+		out = append(out, c)
+	}
+	return out
+}
+
 // allows reports whether the caller may use the route.
 func (r *Route) allows(client string) bool {
 	return r.clients == nil || r.clients[client]

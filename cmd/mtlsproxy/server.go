@@ -190,7 +190,13 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 	for _, t := range todo {
 		o := t.o
 		o.Logger, o.AccessLog, o.Metrics = rt.logger, access, rt.metrics
-		o.Clients, o.StripHeaders, o.Self = pl.clients, pl.stripHeaders, self
+		o.StripHeaders, o.Self = pl.stripHeaders, self
+		// Callers authenticate on the forward listener, and on a gateway
+		// that lists clients (a gateway is not a proxy, so tools do not
+		// send proxy credentials to it unasked).
+		if t.l.name == "listen" || (o.UpstreamRoute != nil && len(o.UpstreamRoute.Clients()) > 0) {
+			o.Clients = pl.clients
+		}
 		if pl.via {
 			o.Via = "mtlsproxy"
 		}
