@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -9,7 +10,7 @@ import (
 
 // newLoggers builds the operational logger and the access logger. Neither
 // is sampled: zap's sampler would drop access lines past 100 a second.
-func newLoggers(w io.Writer, format string, level zap.AtomicLevel) (logger, access *zap.Logger) {
+func newLoggers(w io.Writer, format string, level zap.AtomicLevel) (logger, access *zap.Logger, stop func()) {
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.TimeKey = "ts"
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
@@ -22,8 +23,12 @@ func newLoggers(w io.Writer, format string, level zap.AtomicLevel) (logger, acce
 	} else {
 		enc = zapcore.NewJSONEncoder(encCfg)
 	}
-	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)
-	logger = zap.New(core)
-	access = logger.Named("access")
-	return logger, access
+	out := zapcore.Lock(zapcore.AddSync(w))
+	logger = zap.New(zapcore.NewCore(enc, out, level))
+	// Access lines are buffered and written at most every 100ms (or per
+	// 64 KiB): one write per request would cost a system call per
+	// request. Operational messages are written at once. stop flushes.
+	buffered := &zapcore.BufferedWriteSyncer{WS: out, Size: 64 << 10, FlushInterval: 100 * time.Millisecond}
+	access = zap.New(zapcore.NewCore(enc.Clone(), buffered, level)).Named("access")
+	return logger, access, func() { _ = buffered.Stop() }
 }

@@ -223,8 +223,8 @@ func (c *cli) runCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	logger, access := newLoggers(c.stderr, pl.format, pl.level)
-	defer func() { _ = logger.Sync() }()
+	logger, access, stopLogs := newLoggers(c.stderr, pl.format, pl.level)
+	defer func() { stopLogs(); _ = logger.Sync() }()
 	return c.serve(ctx, pl, logger, access)
 }
 
