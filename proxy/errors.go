@@ -123,7 +123,7 @@ func classifyUpstreamError(err error, hostport string) *proxyError {
 		if unknownAuth.Cert != nil {
 			issuer = fmt.Sprintf(" (issuer %q)", unknownAuth.Cert.Issuer.String())
 		}
-		return tlsErr("TLS handshake failed: certificate signed by unknown authority%s; add its CA with --cacert", issuer)
+		return tlsErr("TLS handshake failed: certificate signed by unknown authority%s; add its CA with --cacert (or to the route's trust bundle)", issuer)
 	case errors.As(err, &hostnameErr):
 		return tlsErr("TLS handshake failed: server name mismatch: %s; set --server-name if the upstream uses another name",
 			strings.TrimPrefix(hostnameErr.Error(), "x509: "))

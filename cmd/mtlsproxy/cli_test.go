@@ -49,6 +49,7 @@ func TestHelp(t *testing.T) {
 	}{
 		{"help-main.golden", [][]string{{"--help"}, {"-h"}, {"-help"}, {"help"}}},
 		{"help-run.golden", [][]string{{"run", "--help"}, {"run", "-h"}, {"run", "--cert", "x", "--help"}}},
+		{"help-check.golden", [][]string{{"check", "--help"}, {"check", "-h"}, {"check", "--dial", "--help"}}},
 		{"help-demo.golden", [][]string{{"demo", "--help"}, {"demo", "-h"}}},
 		{"help-version.golden", [][]string{{"version", "--help"}, {"version", "-h"}}},
 	}

@@ -101,7 +101,11 @@ func checkListen(flagName, addr string, unsafe bool) error {
 	if host == "" {
 		what = "an empty host listens on every interface"
 	}
-	return fmt.Errorf("%s %s: %s, and anyone who can reach it can use the client identity; listen on 127.0.0.1 or add --unsafe-listen", flagName, addr, what)
+	fix := "add --unsafe-listen"
+	if !strings.HasPrefix(flagName, "--") {
+		fix = "set unsafe_listen: true in the config file"
+	}
+	return fmt.Errorf("%s %s: %s, and anyone who can reach it can use the client identity; listen on 127.0.0.1 or %s", flagName, addr, what, fix)
 }
 
 // listen opens a TCP listener, or a unix socket for "unix:PATH" with the

@@ -42,7 +42,14 @@ func startRun(t testing.TB, args ...string) *runningProxy {
 	rp := &runningProxy{Stderr: &syncBuffer{}, Stdout: &syncBuffer{}}
 	ready := make(chan net.Addr, 1)
 	c := &cli{stdout: rp.Stdout, stderr: rp.Stderr, getenv: func(string) string { return "" },
-		onListen: func(_ string, a net.Addr) { ready <- a }}
+		// Only the first listener is reported; later ones (gateways,
+		// admin) must not block the proxy.
+		onListen: func(_ string, a net.Addr) {
+			select {
+			case ready <- a:
+			default:
+			}
+		}}
 	done := make(chan error, 1)
 	go func() { done <- c.main(ctx, append([]string{"run"}, args...)) }()
 	select {

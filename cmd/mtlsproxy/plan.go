@@ -271,7 +271,7 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 		pl.listen = "127.0.0.1:8080"
 	}
 	if err := checkListen("listen", pl.listen, pl.unsafeListen); err != nil {
-		probs.add("", "%v", err)
+		probs.add("listen", "%v", strings.TrimPrefix(err.Error(), "listen "))
 	}
 	if cfg.Admin != "" {
 		if err := checkListen("admin", cfg.Admin, cfg.UnsafeListen); err != nil {
