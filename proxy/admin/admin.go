@@ -18,7 +18,8 @@ type Options struct {
 	Ready func() error
 	// Gatherer serves /metrics. If nil, /metrics answers 404.
 	Gatherer prometheus.Gatherer
-	// Level is served at /loglevel (GET, and PUT {"level":"debug"}).
+	// Level is served at /loglevel (GET, and PUT {"level":"debug"}). If
+	// zero, /loglevel answers 404.
 	Level zap.AtomicLevel
 }
 
@@ -45,7 +46,9 @@ func Handler(o Options) http.Handler {
 	if o.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 	}
-	mux.Handle("/loglevel", o.Level)
+	if o.Level != (zap.AtomicLevel{}) {
+		mux.Handle("/loglevel", o.Level)
+	}
 	return mux
 }
 
