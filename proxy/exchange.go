@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -76,7 +77,8 @@ func (p *Proxy) logAccess(ex *exchange, r *http.Request) {
 			identity = ex.route.identity.Name()
 		}
 	}
-	fields := []zap.Field{
+	fp := logFields.Get().(*[]zap.Field)
+	fields := append((*fp)[:0],
 		zap.String("method", r.Method),
 		zap.String("host", ex.host),
 		zap.String("path", r.URL.Path),
@@ -91,12 +93,18 @@ func (p *Proxy) logAccess(ex *exchange, r *http.Request) {
 		zap.String("error", ex.code),
 		zap.String("client", r.RemoteAddr),
 		zap.String("caller", ex.client),
-	}
+	)
 	if ex.detail != "" {
 		fields = append(fields, zap.String("detail", ex.detail))
 	}
 	ce.Write(fields...)
+	clear(fields) // drop references before pooling
+	*fp = fields[:0]
+	logFields.Put(fp)
 }
+
+// logFields are the access log's field slices, reused across requests.
+var logFields = sync.Pool{New: func() any { f := make([]zap.Field, 0, 16); return &f }}
 
 func tlsVersionName(v uint16) string {
 	if v == 0 {

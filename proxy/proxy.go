@@ -133,9 +133,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex.trace.GotConn = ex.gotConn
 	rec := newRecorder(w, ex)
 	defer p.recoverPanic(rec, r, ex)
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &countingBody{ReadCloser: r.Body, n: &ex.bytesIn}
-	}
 	if len(p.clients) > 0 {
 		name, ok := p.clients.authenticate(r.Header)
 		if !ok {
@@ -180,6 +177,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
+	// Count the body on this copy of the request only: the server looks at
+	// the type of its own request's Body after the handler answers, and a
+	// wrapper there would hide an unread "Expect: 100-continue" body, so
+	// that the server would wait for the client to send the body the
+	// upstream refused before it sent the answer.
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &countingBody{ReadCloser: r.Body, n: &ex.bytesIn}
+	}
 	p.gp.ServeHTTP(rec, r)
 	if ex.clientConn != nil {
 		// goproxy returns from a WebSocket relay when either side ends

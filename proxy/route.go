@@ -103,13 +103,26 @@ type Route struct {
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
 	tlsOpts   tlsconf.ClientOptions
 	tlsConfig atomic.Pointer[tls.Config]
-	transport *http.Transport
-	// h1 carries WebSocket upgrades, which HTTP/2 cannot, when transport
-	// may speak HTTP/2; otherwise it is transport.
-	h1       *http.Transport
+	// conns holds the upstream transports; Refresh replaces them.
+	conns    atomic.Pointer[transports]
 	h1Config atomic.Pointer[tls.Config]
 	rt       goproxy.RoundTripper
 	metrics  *routeMetrics
+}
+
+// transports are a route's pooled upstream connections.
+type transports struct {
+	main *http.Transport
+	// h1 carries WebSocket upgrades, which HTTP/2 cannot, when main may
+	// speak HTTP/2; otherwise it is main.
+	h1 *http.Transport
+}
+
+func (ts *transports) closeIdle() {
+	ts.main.CloseIdleConnections()
+	if ts.h1 != ts.main {
+		ts.h1.CloseIdleConnections()
+	}
 }
 
 // ConnectPolicy is what a route does with CONNECT requests.
@@ -157,7 +170,8 @@ func NewRoute(o RouteOptions) *Route {
 		tlsOpts:  tlsOpts,
 		metrics:  o.Metrics.route(o.Name),
 	}
-	r.transport = &http.Transport{
+	ts := &transports{}
+	ts.main = &http.Transport{
 		// Never take proxy settings from the environment: the upstream
 		// side always dials the upstream itself.
 		Proxy:       nil,
@@ -177,17 +191,18 @@ func NewRoute(o RouteOptions) *Route {
 		DisableCompression: true,
 		ForceAttemptHTTP2:  o.HTTP2,
 	}
-	r.h1 = r.transport
+	ts.h1 = ts.main
 	if o.HTTP2 {
-		h1 := r.transport.Clone()
+		h1 := ts.main.Clone()
 		h1.ForceAttemptHTTP2 = false
 		h1.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 		h1.DialTLSContext = r.dialTLSH1
-		r.h1 = h1
+		ts.h1 = h1
 		h1Opts := tlsOpts
 		h1Opts.HTTP2 = false
 		r.h1Config.Store(tlsconf.ClientConfig(h1Opts))
 	}
+	r.conns.Store(ts)
 	r.tlsConfig.Store(tlsCfg)
 	if len(o.Clients) > 0 {
 		r.clients = map[string]bool{}
@@ -222,16 +237,25 @@ func (r *Route) SetRootCAs(pool *x509.CertPool) {
 
 // Refresh starts over with fresh TLS state after the route's identity or
 // trust changed: a new session cache (a resumed session would carry the
-// old client certificate), and idle pooled connections closed. Requests
-// in flight finish on their connections.
+// old client certificate), and new transports, so that no request after
+// the swap reuses a connection made before it. Closing idle connections
+// is not enough: under steady load a connection is rarely idle (an HTTP/2
+// one almost never), and it would keep presenting the old certificate.
+// Requests in flight finish on their connections, which the old transports
+// then close (HTTP/1.1 at once, HTTP/2 after the idle-connection timeout).
 func (r *Route) Refresh() {
 	r.tlsConfig.Store(tlsconf.ClientConfig(r.tlsOpts))
-	if r.h1 != r.transport {
+	old := r.conns.Load()
+	next := &transports{main: old.main.Clone()}
+	next.h1 = next.main
+	if old.h1 != old.main {
 		opts := r.tlsOpts
 		opts.HTTP2 = false
 		r.h1Config.Store(tlsconf.ClientConfig(opts))
+		next.h1 = old.h1.Clone()
 	}
-	r.CloseIdleConnections()
+	r.conns.Store(next)
+	old.closeIdle()
 }
 
 // Dial connects to addr (host:port) the way the route's requests do,
@@ -241,12 +265,7 @@ func (r *Route) Dial(ctx context.Context, addr string) (net.Conn, error) {
 }
 
 // CloseIdleConnections closes pooled upstream connections that are idle.
-func (r *Route) CloseIdleConnections() {
-	r.transport.CloseIdleConnections()
-	if r.h1 != r.transport {
-		r.h1.CloseIdleConnections()
-	}
-}
+func (r *Route) CloseIdleConnections() { r.conns.Load().closeIdle() }
 
 func (r *Route) match(host, port string) bool {
 	for _, p := range r.hosts {
@@ -275,10 +294,13 @@ func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Respo
 	if ex, ok := ctx.UserData.(*exchange); ok {
 		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &ex.trace))
 	}
+	ts := r.conns.Load()
 	if isUpgrade(req.Header) {
-		return r.h1.RoundTrip(req)
+		return ts.h1.RoundTrip(req)
 	}
-	return r.transport.RoundTrip(req)
+	resp, err := ts.main.RoundTrip(req)
+	poolBody(resp)
+	return resp, err
 }
 
 // dialTLS connects and does the upstream TLS handshake, bounded by the

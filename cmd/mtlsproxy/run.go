@@ -66,6 +66,7 @@ repeatable flags take a comma-separated list there):
                            like curl --resolve (repeatable)
   --admin ADDR             admin listener: /healthz, /readyz, /metrics, /loglevel
                            (off unless given; loopback unless --unsafe-listen)
+  --pprof                  also serve Go's profiler at /debug/pprof/ on the admin listener
   --max-connections N      open client connections per listener; past it, new
                            connections wait in the kernel's accept queue (default 0:
                            no limit)
@@ -112,6 +113,8 @@ type runConfig struct {
 	LogLevel     string
 	LogFormat    string
 	Admin        string
+	// Pprof serves Go's profiler on the admin listener.
+	Pprof bool
 	// HTTP2 offers HTTP/2 to upstreams by ALPN.
 	HTTP2 bool
 	// Via adds "Via: 1.1 mtlsproxy" to requests and responses.
@@ -160,6 +163,7 @@ func (c *cli) parseRunFlags(args []string) (*runConfig, error) {
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "")
 	fs.StringVar(&cfg.LogFormat, "log-format", "json", "")
 	fs.StringVar(&cfg.Admin, "admin", "", "")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "")
 	fs.BoolVar(&cfg.HTTP2, "http2", true, "")
 	fs.BoolVar(&cfg.Via, "via", false, "")
 	fs.StringVar(&cfg.SocketMode, "socket-mode", "0660", "")
@@ -268,6 +272,9 @@ func (cfg *runConfig) plan() (*plan, error) {
 	}
 	if cfg.set["expiry-warning"] {
 		fc.ExpiryWarning = &cfg.ExpiryWarning
+	}
+	if cfg.set["pprof"] {
+		fc.Pprof = cfg.Pprof
 	}
 	if cfg.set["via"] {
 		fc.Via = cfg.Via

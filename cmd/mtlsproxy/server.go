@@ -207,7 +207,7 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 		t.l.srv.Handler = h
 	}
 	if pl.admin != "" {
-		h := admin.Handler(admin.Options{Ready: rt.ready, Gatherer: rt.reg, Level: pl.level})
+		h := admin.Handler(admin.Options{Ready: rt.ready, Gatherer: rt.reg, Level: pl.level, Pprof: pl.pprof})
 		l, err := rt.open("admin", pl.admin, h)
 		if err != nil {
 			return err

@@ -5,6 +5,7 @@ package admin
 import (
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -18,6 +19,9 @@ type Options struct {
 	Ready func() error
 	// Gatherer serves /metrics. If nil, /metrics answers 404.
 	Gatherer prometheus.Gatherer
+	// Pprof serves Go's profiler at /debug/pprof/ (for contributors
+	// measuring the proxy; off by default).
+	Pprof bool
 	// Level is served at /loglevel (GET, and PUT {"level":"debug"}). If
 	// zero, /loglevel answers 404.
 	Level zap.AtomicLevel
@@ -45,6 +49,13 @@ func Handler(o Options) http.Handler {
 	})
 	if o.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+	}
+	if o.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	if o.Level != (zap.AtomicLevel{}) {
 		mux.Handle("/loglevel", o.Level)

@@ -1,0 +1,55 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"sync"
+)
+
+// copyBufs are the buffers response bodies are copied through. Without
+// them io.Copy allocates 32 KiB per request, which dominates the garbage
+// the proxy makes.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// pooledBody lets io.Copy use a pooled buffer: it implements io.WriterTo,
+// which io.Copy prefers over allocating its own buffer.
+type pooledBody struct {
+	io.ReadCloser
+}
+
+var _ io.WriterTo = (*pooledBody)(nil)
+
+func (b *pooledBody) WriteTo(w io.Writer) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var total int64
+	for {
+		n, rerr := b.ReadCloser.Read(buf)
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+			if m != n {
+				return total, io.ErrShortWrite
+			}
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+// poolBody wraps resp.Body for pooled copying. Upgrades keep their
+// read-write body, which goproxy needs.
+func poolBody(resp *http.Response) {
+	if resp == nil || resp.Body == nil || resp.Body == http.NoBody || resp.StatusCode == http.StatusSwitchingProtocols {
+		return
+	}
+	resp.Body = &pooledBody{resp.Body}
+}
