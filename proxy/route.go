@@ -108,17 +108,21 @@ type Route struct {
 	h1Config atomic.Pointer[tls.Config]
 	rt       goproxy.RoundTripper
 	metrics  *routeMetrics
+	maxIdle  int
 }
 
 // transports are a route's pooled upstream connections.
 type transports struct {
+	// fast carries simple HTTP/1.1 requests; see fastH1.
+	fast *fastH1
 	main *http.Transport
 	// h1 carries WebSocket upgrades, which HTTP/2 cannot, when main may
 	// speak HTTP/2; otherwise it is main.
 	h1 *http.Transport
 }
 
-func (ts *transports) closeIdle() {
+func (ts *transports) closeIdle(final bool) {
+	ts.fast.closeIdle(final)
 	ts.main.CloseIdleConnections()
 	if ts.h1 != ts.main {
 		ts.h1.CloseIdleConnections()
@@ -169,8 +173,9 @@ func NewRoute(o RouteOptions) *Route {
 		dial:     dial,
 		tlsOpts:  tlsOpts,
 		metrics:  o.Metrics.route(o.Name),
+		maxIdle:  idle,
 	}
-	ts := &transports{}
+	ts := &transports{fast: newFastH1(r)}
 	ts.main = &http.Transport{
 		// Never take proxy settings from the environment: the upstream
 		// side always dials the upstream itself.
@@ -246,7 +251,7 @@ func (r *Route) SetRootCAs(pool *x509.CertPool) {
 func (r *Route) Refresh() {
 	r.tlsConfig.Store(tlsconf.ClientConfig(r.tlsOpts))
 	old := r.conns.Load()
-	next := &transports{main: old.main.Clone()}
+	next := &transports{fast: newFastH1(r), main: old.main.Clone()}
 	next.h1 = next.main
 	if old.h1 != old.main {
 		opts := r.tlsOpts
@@ -255,7 +260,7 @@ func (r *Route) Refresh() {
 		next.h1 = old.h1.Clone()
 	}
 	r.conns.Store(next)
-	old.closeIdle()
+	old.closeIdle(true)
 }
 
 // Dial connects to addr (host:port) the way the route's requests do,
@@ -265,7 +270,7 @@ func (r *Route) Dial(ctx context.Context, addr string) (net.Conn, error) {
 }
 
 // CloseIdleConnections closes pooled upstream connections that are idle.
-func (r *Route) CloseIdleConnections() { r.conns.Load().closeIdle() }
+func (r *Route) CloseIdleConnections() { r.conns.Load().closeIdle(false) }
 
 func (r *Route) match(host, port string) bool {
 	for _, p := range r.hosts {
@@ -291,10 +296,18 @@ func (r *Route) allows(client string) bool {
 }
 
 func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {
-	if ex, ok := ctx.UserData.(*exchange); ok {
+	ex, _ := ctx.UserData.(*exchange)
+	ts := r.conns.Load()
+	if ts.fast.eligible(req) {
+		resp, err := ts.fast.roundTrip(req, ex)
+		if err != errFallback {
+			poolBody(resp)
+			return resp, err
+		}
+	}
+	if ex != nil {
 		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &ex.trace))
 	}
-	ts := r.conns.Load()
 	if isUpgrade(req.Header) {
 		return ts.h1.RoundTrip(req)
 	}

@@ -641,7 +641,7 @@ func parseSocketMode(s string) (os.FileMode, error) {
 	if err != nil || n > 0o777 {
 		return 0, fmt.Errorf("%q: want an octal file mode such as 0660", s)
 	}
-	if false {
+	if n&0o002 != 0 {
 		return 0, fmt.Errorf("%q: a world-writable socket lets any local user borrow the identity", s)
 	}
 	return os.FileMode(n), nil

@@ -1,0 +1,259 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// fastH1 carries simple requests (GET, HEAD, OPTIONS and TRACE without a
+// body) over pooled HTTP/1.1 upstream connections, writing the request and
+// reading the response on the caller's goroutine. http.Transport spends
+// two extra goroutines, several channel hand-offs and a cancellable
+// context per request; for a proxy whose requests are mostly small GETs
+// that is most of its CPU. Everything else (bodies, Expect, upgrades,
+// HTTP/2 upstreams) keeps using http.Transport.
+type fastH1 struct {
+	route *Route
+	// h2 is set once an upstream chose HTTP/2 by ALPN: from then on every
+	// request goes to http.Transport, which speaks it.
+	h2 atomic.Bool
+
+	mu     sync.Mutex
+	idle   map[string][]*h1Conn // by host:port, most recent last
+	closed bool
+}
+
+type h1Conn struct {
+	tc     *tls.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	state  *tls.ConnectionState
+	idleAt time.Time
+}
+
+func newFastH1(r *Route) *fastH1 {
+	return &fastH1{route: r, idle: map[string][]*h1Conn{}}
+}
+
+// eligible reports whether req can take the fast path.
+func (f *fastH1) eligible(req *http.Request) bool {
+	if f.h2.Load() {
+		return false
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+	default:
+		return false
+	}
+	if req.ContentLength != 0 || (req.Body != nil && req.Body != http.NoBody) {
+		return false
+	}
+	if _, ok := req.Header["Expect"]; ok {
+		return false
+	}
+	return !isUpgrade(req.Header)
+}
+
+// errFallback means the upstream chose HTTP/2: use http.Transport.
+var errFallback = errors.New("upstream speaks HTTP/2")
+
+// roundTrip sends req. The requests it takes are idempotent and bodiless,
+// so a reused connection that turns out to be closed by the upstream is
+// retried once on a new one.
+func (f *fastH1) roundTrip(req *http.Request, ex *exchange) (*http.Response, error) {
+	addr := req.URL.Host
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		addr = net.JoinHostPort(req.URL.Hostname(), "443")
+	}
+	for attempt := 0; ; attempt++ {
+		pc, reused := f.get(addr)
+		if pc == nil {
+			var err error
+			if pc, err = f.dial(req.Context(), addr); err != nil {
+				return nil, err
+			}
+		}
+		if ex != nil {
+			ex.reused = reused
+		}
+		resp, err := f.exchange(pc, req)
+		if err == nil {
+			return resp, nil
+		}
+		_ = pc.tc.Close()
+		// Retry only what means "the upstream had already closed this
+		// idle connection": nothing of the response was read.
+		stale := errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		if !reused || attempt > 0 || !stale || req.Context().Err() != nil {
+			return nil, err
+		}
+	}
+}
+
+func (f *fastH1) dial(ctx context.Context, addr string) (*h1Conn, error) {
+	c, err := f.route.dialTLS(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := c.(*tls.Conn)
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol == "h2" {
+		f.h2.Store(true)
+		_ = tc.Close()
+		return nil, errFallback
+	}
+	return &h1Conn{tc: tc, br: bufio.NewReaderSize(tc, 4096), bw: bufio.NewWriterSize(tc, 4096), state: &cs}, nil
+}
+
+func (f *fastH1) exchange(pc *h1Conn, req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	// A client that goes away stops the wait for the upstream.
+	stop := context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := req.Write(pc.bw); err != nil {
+		return nil, err
+	}
+	if err := pc.bw.Flush(); err != nil {
+		return nil, err
+	}
+	_ = pc.tc.SetReadDeadline(time.Now().Add(f.route.timeouts.ResponseHeader))
+	var resp *http.Response
+	for {
+		var err error
+		resp, err = http.ReadResponse(pc.br, req)
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
+				return nil, errResponseHeaderTimeout
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, err
+		}
+		// Informational answers (103 Early Hints) precede the real one.
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			continue
+		}
+		break
+	}
+	if !stop() {
+		return nil, ctx.Err() // the deadline was cut: the connection is spoiled
+	}
+	_ = pc.tc.SetReadDeadline(time.Time{})
+	resp.TLS = pc.state
+	reusable := !resp.Close && !req.Close
+	if resp.Body == http.NoBody || resp.Body == nil {
+		if reusable {
+			f.put(req.URL.Host, pc)
+		} else {
+			_ = pc.tc.Close()
+		}
+		return resp, nil
+	}
+	resp.Body = &h1Body{f: f, pc: pc, body: resp.Body, key: req.URL.Host, reusable: reusable}
+	return resp, nil
+}
+
+// errResponseHeaderTimeout reads as a timeout to classifyUpstreamError.
+var errResponseHeaderTimeout = &timeoutError{"timeout awaiting response headers"}
+
+type timeoutError struct{ msg string }
+
+func (e *timeoutError) Error() string   { return e.msg }
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return true }
+
+// h1Body returns the connection to the pool once the body has been read
+// to the end; a body closed early closes the connection instead of
+// draining what might be an endless stream.
+type h1Body struct {
+	f        *fastH1
+	pc       *h1Conn
+	body     io.ReadCloser
+	key      string
+	reusable bool
+	done     bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.body.Read(p)
+	if err == io.EOF {
+		b.done = true
+		if b.reusable {
+			b.f.put(b.key, b.pc)
+		} else {
+			_ = b.pc.tc.Close()
+		}
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if !b.done {
+		b.done = true
+		_ = b.pc.tc.Close()
+	}
+	return nil
+}
+
+func (f *fastH1) get(key string) (*h1Conn, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	conns := f.idle[key]
+	for len(conns) > 0 {
+		pc := conns[len(conns)-1]
+		conns = conns[:len(conns)-1]
+		f.idle[key] = conns
+		if time.Since(pc.idleAt) > f.route.timeouts.IdleConn {
+			_ = pc.tc.Close()
+			continue
+		}
+		return pc, true
+	}
+	return nil, false
+}
+
+func (f *fastH1) put(key string, pc *h1Conn) {
+	if pc.br.Buffered() > 0 {
+		_ = pc.tc.Close() // the upstream sent more than one response
+		return
+	}
+	pc.idleAt = time.Now()
+	f.mu.Lock()
+	if f.closed || len(f.idle[key]) >= f.route.maxIdle {
+		f.mu.Unlock()
+		_ = pc.tc.Close()
+		return
+	}
+	f.idle[key] = append(f.idle[key], pc)
+	f.mu.Unlock()
+}
+
+// closeIdle closes every idle connection; with final set, connections
+// that come back later are closed too.
+func (f *fastH1) closeIdle(final bool) {
+	f.mu.Lock()
+	idle := f.idle
+	f.idle = map[string][]*h1Conn{}
+	if final {
+		f.closed = true
+	}
+	f.mu.Unlock()
+	for _, conns := range idle {
+		for _, pc := range conns {
+			_ = pc.tc.Close()
+		}
+	}
+}
