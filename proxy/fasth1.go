@@ -85,7 +85,7 @@ func (f *fastH1) roundTrip(req *http.Request, ex *exchange) (*http.Response, err
 		if ex != nil {
 			ex.reused = reused
 		}
-		resp, err := f.exchange(pc, req)
+		resp, err := f.exchange(pc, req, addr)
 		if err == nil {
 			return resp, nil
 		}
@@ -114,7 +114,9 @@ func (f *fastH1) dial(ctx context.Context, addr string) (*h1Conn, error) {
 	return &h1Conn{tc: tc, br: bufio.NewReaderSize(tc, 4096), bw: bufio.NewWriterSize(tc, 4096), state: &cs}, nil
 }
 
-func (f *fastH1) exchange(pc *h1Conn, req *http.Request) (*http.Response, error) {
+// exchange sends req on pc; addr (host:port, the pool key) is where pc
+// goes back to when it can be reused.
+func (f *fastH1) exchange(pc *h1Conn, req *http.Request, addr string) (*http.Response, error) {
 	ctx := req.Context()
 	// A client that goes away stops the wait for the upstream.
 	stop := context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(time.Unix(1, 0)) })
@@ -153,13 +155,13 @@ func (f *fastH1) exchange(pc *h1Conn, req *http.Request) (*http.Response, error)
 	reusable := !resp.Close && !req.Close
 	if resp.Body == http.NoBody || resp.Body == nil {
 		if reusable {
-			f.put(req.URL.Host, pc)
+			f.put(addr, pc)
 		} else {
 			_ = pc.tc.Close()
 		}
 		return resp, nil
 	}
-	resp.Body = &h1Body{f: f, pc: pc, body: resp.Body, key: req.URL.Host, reusable: reusable}
+	resp.Body = &h1Body{f: f, pc: pc, body: resp.Body, key: addr, reusable: reusable}
 	return resp, nil
 }
 
