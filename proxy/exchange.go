@@ -21,10 +21,13 @@ type exchangeKey struct{}
 // exchange is the state of one proxied request, filled in as it goes and
 // written to the access log at the end.
 type exchange struct {
-	start      time.Time
-	gateway    bool
-	connect    bool
-	client     string // authenticated caller, if clients are configured
+	start   time.Time
+	gateway bool
+	connect bool
+	client  string // authenticated caller, if clients are configured
+	// finish writes the access line of a request inside an intercepted
+	// tunnel, which ServeHTTP never sees.
+	finish     func()
 	host       string // upstream host:port
 	route      *Route
 	status     int
@@ -220,6 +223,12 @@ func (b *countingBody) Read(p []byte) (int, error) {
 type goproxyLogger struct{ l *zap.Logger }
 
 func (g goproxyLogger) Printf(format string, v ...any) {
+	if strings.Contains(format, "Cannot handshake client") && len(v) >= 3 {
+		// v is (session, CONNECT host, error).
+		g.l.Warn("client refused the TLS handshake inside an intercepted tunnel; if it does not trust the local CA, install the mitm_ca certificate in its trust store (README: Trusting the local CA)",
+			zap.Any("host", v[1]), zap.Any("error", v[2]))
+		return
+	}
 	level := zap.DebugLevel
 	if strings.Contains(format, "WARN: ") {
 		level = zap.WarnLevel

@@ -180,3 +180,18 @@ func (p HostPattern) Exact() (host, port string, ok bool) {
 	}
 	return p.exact, p.port, true
 }
+
+// Domain is the DNS domain a pattern names: the host of an exact pattern,
+// the suffix of a wildcard; "" for "*" and IP literals.
+func (p HostPattern) Domain() string {
+	switch {
+	case p.any:
+		return ""
+	case p.suffix != "":
+		return p.suffix[1:]
+	}
+	if _, err := netip.ParseAddr(p.exact); err == nil {
+		return ""
+	}
+	return p.exact
+}

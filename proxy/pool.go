@@ -53,3 +53,49 @@ func poolBody(resp *http.Response) {
 	}
 	resp.Body = &pooledBody{resp.Body}
 }
+
+// finishBody ends an exchange whose access line cannot be written by
+// ServeHTTP (requests inside an intercepted tunnel) once its response body
+// is done.
+type finishBody struct {
+	io.ReadCloser
+	ex   *exchange
+	once sync.Once
+}
+
+func finishOnBody(resp *http.Response, ex *exchange) {
+	if ex == nil || ex.finish == nil || resp == nil || resp.Body == nil || resp.StatusCode == http.StatusSwitchingProtocols {
+		return
+	}
+	resp.Body = &finishBody{ReadCloser: resp.Body, ex: ex}
+}
+
+func (b *finishBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.ex.bytesOut += int64(n)
+	if err != nil {
+		b.done()
+	}
+	return n, err
+}
+
+func (b *finishBody) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	var err error
+	if wt, ok := b.ReadCloser.(io.WriterTo); ok {
+		n, err = wt.WriteTo(w)
+	} else {
+		n, err = io.Copy(w, b.ReadCloser)
+	}
+	b.ex.bytesOut += n
+	b.done()
+	return n, err
+}
+
+func (b *finishBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.done()
+	return err
+}
+
+func (b *finishBody) done() { b.once.Do(b.ex.finish) }

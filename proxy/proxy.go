@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/elazarl/goproxy"
+	"github.com/mtlsproxy/mtlsproxy/tlsconf"
 	"go.uber.org/zap"
 )
 
@@ -45,6 +47,9 @@ type Options struct {
 	// Self lists the proxy's own listener addresses (host:port); a request
 	// aimed at one of them is answered at once instead of looping.
 	Self []string
+	// Mitm mints the certificates shown to clients in connect: mitm
+	// tunnels. Without it, mitm routes refuse CONNECT.
+	Mitm *tlsconf.LeafCache
 	// Via, if set, is added to the Via header of requests and responses
 	// (RFC 9110 section 7.6.3) as "1.1 <Via>", such as "1.1 mtlsproxy".
 	Via string
@@ -63,6 +68,7 @@ type Proxy struct {
 	unrouted *routeMetrics
 	via      string
 	clients  Clients
+	mitm     *tlsconf.LeafCache
 	strip    []string
 	self     map[string]bool
 }
@@ -99,7 +105,7 @@ func New(o Options) (*Proxy, error) {
 	if o.Via != "" {
 		p.via = "1.1 " + o.Via
 	}
-	p.clients = o.Clients
+	p.clients, p.mitm = o.Clients, o.Mitm
 	p.strip = append([]string{"X-Forwarded-Client-Cert"}, o.StripHeaders...)
 	p.self = map[string]bool{}
 	for _, a := range o.Self {
@@ -115,6 +121,8 @@ func New(o Options) (*Proxy, error) {
 	gp.Tr = &http.Transport{Proxy: nil, DialContext: refuse, DialTLSContext: refuse}
 	gp.ConnectDial = func(string, string) (net.Conn, error) { return nil, errNoDirectDial }
 	gp.KeepAcceptEncoding = true
+	// HTTP/2 from clients inside intercepted tunnels (ALPN).
+	gp.AllowHTTP2 = o.Mitm != nil
 	gp.Logger = goproxyLogger{log.WithOptions(zap.AddCallerSkip(2)).Named("goproxy")}
 	gp.Verbose = log.Core().Enabled(zap.DebugLevel)
 	gp.NonproxyHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -186,7 +194,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = &countingBody{ReadCloser: r.Body, n: &ex.bytesIn}
 	}
 	p.gp.ServeHTTP(rec, r)
-	if ex.clientConn != nil {
+	if ex.clientConn != nil && !ex.connect {
 		// goproxy returns from a WebSocket relay when either side ends
 		// but leaves the client connection open: close it, which also
 		// ends the relay goroutine still reading from it.
@@ -225,7 +233,11 @@ func (p *Proxy) onConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.Connec
 	case route == nil:
 		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
 			msg: fmt.Sprintf("CONNECT %s refused: no route allows this host", ex.host)}
-	case route.connect != ConnectTunnel:
+	case route.connect == ConnectMitm && p.mitm == nil:
+		ex.route = route
+		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
+			msg: fmt.Sprintf("CONNECT %s refused: the route intercepts tunnels, but no local CA (mitm_ca) is configured", ex.host)}
+	case route.connect != ConnectTunnel && route.connect != ConnectMitm:
 		ex.route = route
 		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
 			msg: fmt.Sprintf("CONNECT %s refused: mtlsproxy adds the client certificate to plain-HTTP requests only; use http:// URLs (http://%s/...) through HTTP_PROXY instead of https:// through HTTPS_PROXY",
@@ -240,9 +252,43 @@ func (p *Proxy) onConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.Connec
 		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
 	}
 	ex.route = route
+	if route.connect == ConnectMitm {
+		ex.status = http.StatusOK
+		// Requests inside the tunnel get their own goproxy contexts,
+		// which start from this UserData.
+		ctx.UserData = &mitmTunnel{client: ex.client, host: host, port: port}
+		return &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: p.mitmTLS(host, port, ex.client)}, target
+	}
 	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
 		p.tunnel(req, client, route, ex)
 	}}, target
+}
+
+// mitmTunnel is what the requests inside an intercepted tunnel inherit
+// from the CONNECT.
+type mitmTunnel struct {
+	client, host, port string
+}
+
+// mitmTLS is the server side of an intercepted tunnel: a leaf for the
+// name the client asks for (SNI, else the CONNECT host). A different SNI
+// is served only if a mitm route allows it too.
+func (p *Proxy) mitmTLS(host, port, client string) func(string, *goproxy.ProxyCtx) (*tls.Config, error) {
+	return func(string, *goproxy.ProxyCtx) (*tls.Config, error) {
+		return &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+				name := host
+				if sni := NormalizeHost(hello.ServerName); sni != "" && sni != host {
+					if rt := p.match(sni, port, client); rt == nil || rt.connect != ConnectMitm {
+						return nil, fmt.Errorf("client asked for %q inside a tunnel to %q, which no mitm route allows", sni, host)
+					}
+					name = sni
+				}
+				return p.mitm.Certificate(name)
+			},
+		}, nil
+	}
 }
 
 func validPort(p string) bool {
@@ -253,7 +299,14 @@ func validPort(p string) bool {
 func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
 	ex, ok := r.Context().Value(exchangeKey{}).(*exchange)
 	if !ok {
+		// A request inside an intercepted tunnel: ServeHTTP does not see
+		// it, so it is timed and logged from here.
 		ex = &exchange{start: time.Now()}
+		if t, ok := ctx.UserData.(*mitmTunnel); ok {
+			ex.client = t.client
+		}
+		ex.trace.GotConn = ex.gotConn
+		ex.finish = func() { p.logAccess(ex, r) }
 	}
 	ctx.UserData = ex
 	route, perr := p.prepare(r, ex)
@@ -383,8 +436,15 @@ func (p *Proxy) isSelf(host, port string) bool {
 
 func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Response {
 	ex, ok := ctx.UserData.(*exchange)
-	if !ok || ex.code != "" {
-		return resp // our own answer, or not a request we routed
+	if !ok {
+		return resp
+	}
+	if ex.code != "" { // our own answer
+		if ex.finish != nil && resp != nil {
+			ex.status = resp.StatusCode
+			ex.finish()
+		}
+		return resp
 	}
 	if resp == nil {
 		if ctx.Error == nil {
@@ -392,7 +452,17 @@ func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Res
 		}
 		perr := classifyUpstreamError(ctx.Error, ex.host)
 		ex.fail(perr, ctx.Error)
+		if ex.finish != nil {
+			ex.status = perr.status
+			ex.finish()
+		}
 		return perr.response(ctx.Req)
+	}
+	if ex.finish != nil {
+		ex.status = resp.StatusCode
+		if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody {
+			ex.finish()
+		}
 	}
 	if resp.TLS != nil {
 		ex.tlsVersion = resp.TLS.Version

@@ -138,6 +138,10 @@ const (
 	// ConnectTunnel passes the client's own TLS through untouched; no
 	// identity is added.
 	ConnectTunnel
+	// ConnectMitm terminates the client's TLS with a leaf from the local
+	// CA and handles the requests inside exactly like forward-mode ones,
+	// identity included.
+	ConnectMitm
 )
 
 // NewRoute builds a route and its upstream transport.
@@ -302,6 +306,7 @@ func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Respo
 		resp, err := ts.fast.roundTrip(req, ex)
 		if err != errFallback {
 			poolBody(resp)
+			finishOnBody(resp, ex)
 			return resp, err
 		}
 	}
@@ -313,6 +318,7 @@ func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Respo
 	}
 	resp, err := ts.main.RoundTrip(req)
 	poolBody(resp)
+	finishOnBody(resp, ex)
 	return resp, err
 }
 

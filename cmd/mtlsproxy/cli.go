@@ -43,6 +43,7 @@ Commands:
   check     validate a config file; with --dial, handshake with every upstream
   demo      run a throwaway mTLS server and the proxy, and show a request
   health    exit 0 if a running proxy is ready (asks its admin listener)
+  ca init   make the local CA for connect: mitm routes
   version   print the version
 
 Run "mtlsproxy <command> --help" for the flags of a command.
@@ -62,6 +63,8 @@ func (c *cli) main(ctx context.Context, args []string) error {
 		return c.demoCmd(ctx, rest)
 	case "health":
 		return c.healthCmd(ctx, rest)
+	case "ca":
+		return c.caCmd(ctx, rest)
 	case "version":
 		return c.versionCmd(rest)
 	case "help", "-h", "-help", "--help":

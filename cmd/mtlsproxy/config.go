@@ -50,8 +50,8 @@ type fileConfig struct {
 	Timeouts timeoutsConfig `yaml:"timeouts"`
 	// Log sets level (default info) and format (default json).
 	Log logConfig `yaml:"log"`
-	// MitmCA is the local CA for connect: mitm (not available in this
-	// version).
+	// MitmCA is the local CA for connect: mitm routes (make one with
+	// "mtlsproxy ca init").
 	MitmCA *mitmCAConfig `yaml:"mitm_ca"`
 	// Resolve entries are HOST:PORT:ADDR, as --resolve.
 	Resolve []string `yaml:"resolve"`

@@ -36,7 +36,9 @@ type plan struct {
 	// admin is the admin listener address, or "".
 	admin string
 	pprof bool
-	via   bool
+	// mitmCA signs the leaves of connect: mitm tunnels, if configured.
+	mitmCA *tlsconf.MitmCA
+	via    bool
 	// clients must authenticate when not empty.
 	clients      proxy.Clients
 	stripHeaders []string
@@ -344,8 +346,18 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 	pl.timeouts = proxy.Timeouts{Dial: t.Dial, TLSHandshake: t.TLSHandshake, ResponseHeader: t.ResponseHeader,
 		IdleConn: t.IdleConn, TunnelIdle: t.TunnelIdle}
 	pl.readHeaderTimeout, pl.clientIdleTimeout, pl.shutdownTimeout = t.ClientReadHeader, t.ClientIdle, t.Shutdown
-	if cfg.MitmCA != nil {
-		probs.add("mitm_ca", "connect: mitm is not available in this version of mtlsproxy; remove the key")
+	if m := cfg.MitmCA; m != nil {
+		switch {
+		case m.Cert == "" || m.Key == "":
+			probs.add("mitm_ca", "give cert and key (make them with: mtlsproxy ca init --out DIR)")
+		default:
+			ca, err := tlsconf.LoadMitmCA(m.Cert, m.Key)
+			if err != nil {
+				probs.add("mitm_ca", "%v", err)
+			} else {
+				pl.mitmCA = ca
+			}
+		}
 	}
 	level := cfg.Log.Level
 	if level == "" {
@@ -430,9 +442,12 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 		case "tunnel":
 			rp.opts.Connect = proxy.ConnectTunnel
 		case "mitm":
-			probs.add(path+".connect", "mitm is not available in this version of mtlsproxy; use reject or tunnel")
+			rp.opts.Connect = proxy.ConnectMitm
+			if cfg.MitmCA == nil {
+				probs.add(path+".connect", "mitm needs a local CA: add mitm_ca: {cert, key} (make one with: mtlsproxy ca init --out DIR)")
+			}
 		default:
-			probs.add(path+".connect", "%q: want reject or tunnel", r.Connect)
+			probs.add(path+".connect", "%q: want reject, tunnel or mitm", r.Connect)
 		}
 		rp.opts.Clients = checkClients(path, r.Clients, cfg.Clients, probs)
 		pl.routes = append(pl.routes, rp)

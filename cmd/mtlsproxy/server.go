@@ -42,6 +42,9 @@ type proxyRuntime struct {
 	listening atomic.Bool
 	draining  atomic.Bool
 
+	// leaves mints the certificates of connect: mitm tunnels.
+	leaves *tlsconf.LeafCache
+
 	reloadMu      sync.Mutex
 	lastErr       map[string]string
 	trustSums     map[string][32]byte
@@ -79,6 +82,12 @@ func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) e
 			r.CloseIdleConnections()
 		}
 	}()
+	if pl.mitmCA != nil {
+		rt.leaves = tlsconf.NewLeafCache(pl.mitmCA, 0, 0)
+		if !pl.mitmCA.Constrained() {
+			logger.Warn("the MITM CA has no name constraints: if its key leaks, it can impersonate any site; make a constrained one with: mtlsproxy ca init --permit DOMAIN")
+		}
+	}
 	defer rt.closeListeners()
 	if err := rt.listen(access); err != nil {
 		return err
@@ -191,6 +200,9 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 		o := t.o
 		o.Logger, o.AccessLog, o.Metrics = rt.logger, access, rt.metrics
 		o.StripHeaders, o.Self = pl.stripHeaders, self
+		if t.l.name == "listen" {
+			o.Mitm = rt.leaves
+		}
 		// Callers authenticate on the forward listener, and on a gateway
 		// that lists clients (a gateway is not a proxy, so tools do not
 		// send proxy credentials to it unasked).
@@ -332,6 +344,9 @@ func (rt *proxyRuntime) reload(reason string) {
 			zap.String("subject", after.Leaf.Subject.String()), zap.Time("not_after", after.Leaf.NotAfter))
 		rt.warnExpiry(name, id)
 	}
+	if rt.leaves != nil {
+		rt.reloadMitmCA(reason)
+	}
 	for _, name := range sortedKeys(rt.pl.trusts) {
 		src := rt.pl.trusts[name]
 		sum, err := fileSum(src.files)
@@ -358,6 +373,25 @@ func (rt *proxyRuntime) reload(reason string) {
 		}
 		rt.logger.Info("trust bundle reloaded", zap.String("trust", name), zap.String("reason", reason))
 	}
+}
+
+// reloadMitmCA re-reads the local CA; a new one replaces the minted leaves.
+func (rt *proxyRuntime) reloadMitmCA(reason string) {
+	old := rt.leaves.CA()
+	ca, err := tlsconf.LoadMitmCA(old.Files())
+	if err != nil {
+		if rt.lastErr["mitm_ca"] != err.Error() {
+			rt.lastErr["mitm_ca"] = err.Error()
+			rt.logger.Error("MITM CA reload failed; keeping the previous CA", zap.String("reason", reason), zap.Error(err))
+		}
+		return
+	}
+	delete(rt.lastErr, "mitm_ca")
+	if bytes.Equal(ca.Certificate().Raw, old.Certificate().Raw) {
+		return
+	}
+	rt.leaves.SetCA(ca)
+	rt.logger.Info("MITM CA reloaded", zap.String("reason", reason), zap.String("subject", ca.Certificate().Subject.String()))
 }
 
 // warnExpiry logs a warning when an identity is within the expiry-warning
@@ -399,6 +433,10 @@ func (rt *proxyRuntime) watchFiles(ctx context.Context) error {
 	}
 	for _, t := range rt.pl.trusts {
 		files = append(files, t.files...)
+	}
+	if rt.leaves != nil {
+		c, k := rt.leaves.CA().Files()
+		files = append(files, c, k)
 	}
 	if len(files) == 0 {
 		return nil
