@@ -238,8 +238,10 @@ func (rt *proxyRuntime) open(name, addr string, h http.Handler) (*listener, erro
 		Handler:           h,
 		ReadHeaderTimeout: rt.pl.readHeaderTimeout,
 		IdleTimeout:       rt.pl.clientIdleTimeout,
-		MaxHeaderBytes:    1 << 20,
-		ErrorLog:          zap.NewStdLog(rt.logger.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
+		// 64 KiB of request line and headers, like a generous nginx
+		// large_client_header_buffers; more gets 431.
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       zap.NewStdLog(rt.logger.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
 	}
 	if name != "admin" {
 		srv.ConnState = rt.metrics.ConnState
