@@ -141,6 +141,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex.trace.GotConn = ex.gotConn
 	rec := newRecorder(w, ex)
 	defer p.recoverPanic(rec, r, ex)
+	if AmbiguousFraming(r.Context()) {
+		perr := badRequest("request has both Content-Length and Transfer-Encoding, a request-smuggling pattern; send one of them")
+		ex.fail(perr, nil)
+		rec.Header().Set("Connection", "close")
+		perr.write(rec)
+		p.logAccess(ex, r)
+		return
+	}
 	if len(p.clients) > 0 {
 		name, ok := p.clients.authenticate(r.Header)
 		if !ok {

@@ -66,9 +66,10 @@ func whoami(w http.ResponseWriter, r *http.Request) {
 }
 
 type testProxy struct {
-	url  *url.URL
-	logs *observer.ObservedLogs
-	set  *pkitest.Set
+	url     *url.URL
+	logs    *observer.ObservedLogs
+	set     *pkitest.Set
+	handler *Proxy
 }
 
 // newTestProxy serves a Proxy with one forward route allowing allow,
@@ -100,7 +101,7 @@ func newTestProxy(t testing.TB, set *pkitest.Set, allow []string, mod func(*Rout
 	srv := httptest.NewServer(p)
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
-	return &testProxy{url: u, logs: logs, set: set}
+	return &testProxy{url: u, logs: logs, set: set, handler: p}
 }
 
 // accessLines waits until n access-log lines are written (the line follows
