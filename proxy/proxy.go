@@ -323,12 +323,31 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 		return r, perr.response(r)
 	}
 	ctx.RoundTripper = route.rt
+	if ex.finish != nil {
+		ctx.RoundTripper = tunnelRoundTrip
+	}
 	if ce := p.log.Check(zap.DebugLevel, "forwarding"); ce != nil {
 		ce.Write(zap.String("method", r.Method), zap.String("upstream", r.URL.Host), zap.String("path", r.URL.Path),
 			zap.String("route", route.name), zap.Bool("gateway", ex.gateway))
 	}
 	return r, nil
 }
+
+// tunnelRoundTrip carries a request inside an intercepted tunnel. When the
+// round trip fails, goproxy's tunnel loop neither calls onResponse nor
+// answers properly (HTTP/1.1: it drops the connection; HTTP/2: a bare 502),
+// so the failure is turned into mtlsproxy's own error answer here, which
+// onResponse then logs like any other.
+var tunnelRoundTrip = goproxy.RoundTripperFunc(func(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {
+	ex := ctx.UserData.(*exchange)
+	resp, err := ex.route.rt.RoundTrip(req, ctx)
+	if err != nil {
+		perr := classifyUpstreamError(err, ex.host)
+		ex.fail(perr, err)
+		return perr.response(req), nil
+	}
+	return resp, nil
+})
 
 // prepare routes r and rewrites it into the upstream request.
 func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"github.com/mtlsproxy/mtlsproxy/proxy"
@@ -70,12 +71,16 @@ func (c *cli) caCmd(_ context.Context, args []string) error {
 	for i, d := range domains {
 		p, err := proxy.ParseHostPattern(d)
 		host, port, exact := p.Exact()
-		if err != nil || !exact || port != "" || strings.Contains(host, ":") {
+		if err != nil || !exact || port != "" || p.Domain() != host { // Domain is "" for IP addresses
 			return fmt.Errorf("ca init: --permit %q: want a domain name such as corp.example", d)
 		}
 		domains[i] = host
 	}
-	certFile, keyFile, err := tlsconf.InitMitmCA(*out, domains, *name)
+	dir, err := filepath.Abs(*out)
+	if err != nil {
+		return fmt.Errorf("ca init: %w", err)
+	}
+	certFile, keyFile, err := tlsconf.InitMitmCA(dir, domains, *name)
 	if err != nil {
 		return fmt.Errorf("ca init: %w", err)
 	}
