@@ -70,6 +70,9 @@ func (c *cli) checkCmd(ctx context.Context, args []string) error {
 		pl := planFromFile(fc, probs)
 		err = probs.err()
 		if err == nil {
+			for _, w := range pl.warnings {
+				fmt.Fprintf(c.stdout, "%s: warning: %s\n", *file, w)
+			}
 			fmt.Fprintf(c.stdout, "%s: ok: %s, %s, %s, %s\n", *file,
 				plural(len(fc.Identities), "identity", "identities"), plural(len(fc.Trust), "trust bundle", "trust bundles"),
 				plural(len(fc.Routes), "route", "routes"), plural(len(fc.Gateways), "gateway", "gateways"))

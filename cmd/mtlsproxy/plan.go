@@ -36,6 +36,8 @@ type plan struct {
 	// admin is the admin listener address, or "".
 	admin string
 	pprof bool
+	// warnings are logged at start-up: legal, but probably not meant.
+	warnings []string
 	// mitmCA signs the leaves of connect: mitm tunnels, if configured.
 	mitmCA *tlsconf.MitmCA
 	via    bool
@@ -445,6 +447,13 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 			rp.opts.Connect = proxy.ConnectMitm
 			if cfg.MitmCA == nil {
 				probs.add(path+".connect", "mitm needs a local CA: add mitm_ca: {cert, key} (make one with: mtlsproxy ca init --out DIR)")
+			} else if pl.mitmCA != nil {
+				for _, h := range rp.opts.Hosts {
+					if d := h.Domain(); d != "" && !permitted(pl.mitmCA.Certificate().PermittedDNSDomains, d) {
+						pl.warnings = append(pl.warnings, fmt.Sprintf("%s.host: %s is outside the MITM CA's permitted domains (%s): clients that honour name constraints will refuse its certificates; make a CA that permits it (mtlsproxy ca init --permit %s)",
+							path, h, strings.Join(pl.mitmCA.Certificate().PermittedDNSDomains, ", "), d))
+					}
+				}
 			}
 		default:
 			probs.add(path+".connect", "%q: want reject, tunnel or mitm", r.Connect)
@@ -673,4 +682,25 @@ func validHeaderName(h string) bool {
 		}
 	}
 	return true
+}
+
+// permitted reports whether domain falls under the CA's permitted DNS
+// name constraints (none means unconstrained).
+func permitted(constraints []string, domain string) bool {
+	if len(constraints) == 0 {
+		return true
+	}
+	for _, c := range constraints {
+		c = strings.ToLower(c)
+		if strings.HasPrefix(c, ".") {
+			if strings.HasSuffix(domain, c) {
+				return true
+			}
+			continue
+		}
+		if domain == c || strings.HasSuffix(domain, "."+c) {
+			return true
+		}
+	}
+	return false
 }

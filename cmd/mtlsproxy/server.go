@@ -93,6 +93,9 @@ func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) e
 		return err
 	}
 	logStartup(logger, pl, rt.listeners[0].ln.Addr())
+	for _, w := range pl.warnings {
+		logger.Warn(w)
+	}
 	for _, name := range sortedKeys(pl.identities) {
 		rt.warnExpiry(name, pl.identities[name])
 		if loose := pl.identities[name].Source().LooseFiles(); len(loose) > 0 {
