@@ -38,6 +38,7 @@ type runningProxy struct {
 	IdlePIDs  int    `json:"idle_processes,omitempty"`
 	srv       *server
 	logFile   string
+	mitm      *mitmTarget // MITM rows: how clients reach the upstream through it
 }
 
 // runResult is one measured run of one proxy in one case.
@@ -119,7 +120,11 @@ func (b *bench) run(ctx context.Context) error {
 		}
 	}
 	var ok bool
-	if b.wrkBin, ok = lookBinary([]string{b.opts.Wrk}); !ok {
+	needWrk := false
+	for _, c := range b.cases {
+		needWrk = needWrk || !c.MITM
+	}
+	if b.wrkBin, ok = lookBinary([]string{b.opts.Wrk}); !ok && needWrk {
 		return fmt.Errorf("wrk not found (%q): apt-get install wrk", b.opts.Wrk)
 	}
 	if b.nginxBin, ok = lookBinary([]string{"nginx", "/usr/sbin/nginx"}); !ok {
@@ -198,7 +203,14 @@ func (b *bench) run(ctx context.Context) error {
 		return errors.New("no proxy could be started")
 	}
 
-	total := b.opts.Rounds * len(b.cases) * len(active)
+	total := 0
+	for _, c := range b.cases {
+		for _, rp := range active {
+			if c.MITM == rp.def.MITM {
+				total += b.opts.Rounds
+			}
+		}
+	}
 	per := b.opts.Duration + b.opts.Warmup + b.opts.Pause
 	b.logf("%d runs of %v (+%v warm-up, %v pause): about %v", total, b.opts.Duration, b.opts.Warmup, b.opts.Pause,
 		(time.Duration(total) * per).Round(time.Second))
@@ -209,6 +221,9 @@ func (b *bench) run(ctx context.Context) error {
 			for _, rp := range rotate(active, round-1) {
 				if err := ctx.Err(); err != nil {
 					return err
+				}
+				if c.MITM != rp.def.MITM {
+					continue
 				}
 				if done, werr := rp.srv.Exited(); done {
 					if rp.Status == "ok" {
@@ -411,6 +426,15 @@ func (b *bench) startProxy(ctx context.Context, rp *runningProxy, mtlsBin string
 	var err error
 	logFile := filepath.Join(dir, "stderr.log")
 	switch {
+	case def.MITM:
+		args, err := b.mitmCommand(rp, bin, dir, adminPort)
+		if err != nil {
+			return err
+		}
+		cmd = exec.Command(args[0], args[1:]...)
+		if def.mtlsArgs != nil && !b.opts.Logs {
+			logFile = ""
+		}
 	case def.mtlsArgs != nil:
 		rp.AdminPort = adminPort
 		cmd = exec.Command(bin, mtlsproxyArgs(def.mtlsArgs, b.files, rp.Port, adminPort, b.upstreamPort)...)
@@ -460,6 +484,17 @@ func (b *bench) startProxy(ctx context.Context, rp *runningProxy, mtlsBin string
 		if err := waitReady(ctx, "http://127.0.0.1:"+strconv.Itoa(rp.AdminPort)+"/readyz", rp.srv); err != nil {
 			return fmt.Errorf("%v%s", err, b.logTail(rp))
 		}
+	}
+	if rp.mitm != nil {
+		// The upstream requires a client certificate: a 200 with its body
+		// shows that the proxy presented one.
+		if err := checkMITM(ctx, *rp.mitm, smallPath, []byte(smallBody)); err != nil {
+			return fmt.Errorf("request through it failed: %v%s", err, b.logTail(rp))
+		}
+		time.Sleep(300 * time.Millisecond)
+		u := snapshot(rp.srv.PID())
+		rp.IdleRSS, rp.IdlePIDs = u.RSS, len(u.PIDs)
+		return nil
 	}
 	tr := b.clientTransport(rp)
 	defer tr.CloseIdleConnections()
@@ -541,8 +576,15 @@ func (b *bench) measure(ctx context.Context, rp *runningProxy, c benchCase, roun
 	req := b.wrkRequestFor(rp, c)
 	res.PeakReset = resetPeakRSS(snapshot(pid).PIDs)
 	hsPre := b.scrapeHandshakes(rp)
+	load := func(d time.Duration) (wrkResult, error) {
+		if c.MITM {
+			return runMITMLoad(ctx, *rp.mitm, c.Conns, d, c.Path)
+		}
+		w, _, err := runWrk(ctx, b.procs, b.wrkBin, b.dir, b.opts.Threads, c.Conns, d, url, req)
+		return w, err
+	}
 	if b.opts.Warmup > 0 {
-		w, _, err := runWrk(ctx, b.procs, b.wrkBin, b.dir, b.opts.Threads, c.Conns, b.opts.Warmup, url, req)
+		w, err := load(b.opts.Warmup)
 		if err != nil {
 			res.Error = "warm-up: " + err.Error()
 			return res
@@ -551,7 +593,7 @@ func (b *bench) measure(ctx context.Context, rp *runningProxy, c benchCase, roun
 	}
 	hs0 := b.scrapeHandshakes(rp)
 	before := snapshot(pid)
-	w, _, err := runWrk(ctx, b.procs, b.wrkBin, b.dir, b.opts.Threads, c.Conns, b.opts.Duration, url, req)
+	w, err := load(b.opts.Duration)
 	after := snapshot(pid)
 	hs1 := b.scrapeHandshakes(rp)
 	if err != nil {

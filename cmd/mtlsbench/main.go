@@ -1,5 +1,6 @@
 // Command mtlsbench compares mtlsproxy with other mTLS-originating proxies
-// (nginx, HAProxy, stunnel, ghostunnel) on this machine.
+// (nginx, HAProxy, stunnel, ghostunnel, and mitmproxy for HTTPS clients
+// through CONNECT) on this machine.
 //
 // It makes a throwaway PKI, starts an nginx upstream that requires a client
 // certificate, builds and starts mtlsproxy in forward and gateway mode,
@@ -37,12 +38,17 @@ type benchCase struct {
 	Close bool   `json:"connection_close"` // Connection: close on every request
 	Path  string `json:"path"`
 	Desc  string `json:"description"`
+	// MITM: HTTPS clients through CONNECT, driven by the harness's own load
+	// generator instead of wrk, against the MITM rows only.
+	MITM bool `json:"mitm,omitempty"`
 }
 
 var allCases = []benchCase{
 	{Name: "keepalive", Conns: 32, Path: smallPath, Desc: "keep-alive, 32 connections, 3-byte body"},
 	{Name: "close", Conns: 16, Close: true, Path: smallPath, Desc: "one connection per request (Connection: close), 16 connections"},
 	{Name: "large", Conns: 8, Path: largePath, Desc: "keep-alive, 8 connections, 1 MiB response body"},
+	{Name: "mitm", Conns: 32, Path: smallPath, MITM: true,
+		Desc: "HTTPS clients: CONNECT, TLS to the proxy with its local CA, keep-alive GETs inside, 32 connections"},
 }
 
 // options are the command-line flags.
@@ -118,9 +124,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		fmt.Fprintf(stderr, `Usage: go run ./cmd/mtlsbench [flags]
 
 Compares mtlsproxy with nginx, HAProxy, stunnel and ghostunnel as mTLS
-originators in front of one nginx mTLS upstream, driven by wrk -t1.
-Peers that are not installed are skipped. Needs nginx and wrk:
-  apt-get install -y nginx-light wrk haproxy stunnel4
+originators in front of one nginx mTLS upstream, driven by wrk -t1, and
+mtlsproxy's connect: mitm with mitmproxy for HTTPS clients (case mitm,
+driven by a load generator in the harness). Peers that are not installed
+are skipped. Needs nginx, and wrk for every case but mitm:
+  apt-get install -y nginx-light wrk haproxy stunnel4 mitmproxy
 
 Proxies: %s
 Cases: %s
@@ -136,7 +144,7 @@ Flags:
 	fs.IntVar(&o.Threads, "threads", 1, "wrk threads (-t)")
 	fs.StringVar(&o.JSON, "json", "", "write every measurement and the summary as JSON to this file")
 	proxies := fs.String("proxies", "default", "comma-separated proxies to run, or \"default\" (all but the optional ones) or \"all\"")
-	cases := fs.String("cases", "keepalive,close,large", "comma-separated cases to run")
+	cases := fs.String("cases", "keepalive,close,large,mitm", "comma-separated cases to run")
 	fs.StringVar(&o.Mtlsproxy, "mtlsproxy", "", "use this mtlsproxy binary instead of building one")
 	fs.StringVar(&o.MtlsproxyPkg, "mtlsproxy-pkg", "./cmd/mtlsproxy", "package to build mtlsproxy from (run from the repository root)")
 	fs.StringVar(&o.GoCmd, "go", "go", "go command used to build mtlsproxy")
@@ -168,6 +176,9 @@ Flags:
 		return o, err
 	}
 	if o.Cases, err = selectCases(*cases); err != nil {
+		return o, err
+	}
+	if o.Proxies, err = proxiesForCases(o.Proxies, o.Cases); err != nil {
 		return o, err
 	}
 	return o, nil
@@ -229,6 +240,47 @@ func selectProxies(v string) ([]string, error) {
 		return nil, errors.New("-proxies: no proxy selected")
 	}
 	return out, nil
+}
+
+// proxiesForCases keeps the proxies that run in at least one of the
+// cases: MITM rows only in MITM cases, the others only in the rest.
+func proxiesForCases(proxies, cases []string) ([]string, error) {
+	var mitm, plain bool
+	for _, name := range cases {
+		c, _ := caseByName(name)
+		mitm = mitm || c.MITM
+		plain = plain || !c.MITM
+	}
+	var out []string
+	for _, name := range proxies {
+		p, _ := proxyByName(name)
+		if (p.MITM && mitm) || (!p.MITM && plain) {
+			out = append(out, name)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("-proxies %s: none of them runs in -cases %s (mitm runs only mtlsproxy-mitm and mitmproxy)",
+			strings.Join(proxies, ","), strings.Join(cases, ","))
+	}
+	return out, nil
+}
+
+func caseByName(name string) (benchCase, bool) {
+	for _, c := range allCases {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return benchCase{}, false
+}
+
+func proxyByName(name string) (proxyDef, bool) {
+	for _, p := range allProxies {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return proxyDef{}, false
 }
 
 func selectCases(v string) ([]string, error) {

@@ -192,6 +192,9 @@ type proxyDef struct {
 	Note    string // what is special about this row
 	// Optional proxies run only when asked for with -proxies.
 	Optional bool
+	// MITM rows intercept CONNECT and run only in MITM cases; the other
+	// rows never run in them.
+	MITM bool
 	// args for mtlsproxy rows
 	mtlsArgs []string
 }
@@ -215,6 +218,10 @@ var allProxies = []proxyDef{
 	{Name: "ghostunnel", Level: "tcp", Peer: true, Binary: []string{"ghostunnel"},
 		Install: "not a Debian package: put a release binary from https://github.com/ghostunnel/ghostunnel/releases in $PATH",
 		Note:    "ghostunnel client, TCP level"},
+	{Name: "mtlsproxy-mitm", Level: "http", MITM: true, mtlsArgs: []string{"mitm"},
+		Note: "config file with mitm_ca from `mtlsproxy ca init --permit api.internal` and a route with connect: mitm; default info-level JSON access log to /dev/null"},
+	{Name: "mitmproxy", Level: "http", Peer: true, MITM: true, Binary: []string{"mitmdump"}, Install: "apt-get install mitmproxy",
+		Note: "mitmdump, regular proxy mode, client_certs, ssl_verify_upstream_trusted_ca, termlog_verbosity=error, flow_detail=0; clients CONNECT 127.0.0.1:PORT with SNI api.internal"},
 }
 
 // lookBinary finds the first candidate that exists.

@@ -260,6 +260,10 @@ func oneLine(s string, n int) string {
 	return truncate(strings.Join(parts, " / "), n)
 }
 
+// mitmAim is the factor by which mtlsproxy-mitm should outrun mitmproxy
+// (issue 10).
+const mitmAim = 20.0
+
 // comparisons say, per case, how the best mtlsproxy row does against the
 // best peer (and, for one connection per request, against the best
 // TCP-level tunnel).
@@ -300,6 +304,17 @@ func comparisons(sums []summary) []string {
 		line := fmt.Sprintf("%s: %s %s rps vs %s %s rps: %.2f×; p99 %s vs %s; CPU %.1f vs %.1f µs/req",
 			c, ours.Proxy, fmtInt(ours.MedianRPS), peer.Proxy, fmtInt(peer.MedianRPS), ours.MedianRPS/peer.MedianRPS,
 			fmtLatency(ours.P99US), fmtLatency(peer.P99US), ours.CPUPerReqUS, peer.CPUPerReqUS)
+		if c == "mitm" {
+			ratio := ours.MedianRPS / peer.MedianRPS
+			verdict := "met"
+			if ratio < mitmAim {
+				verdict = "not met"
+			}
+			line += fmt.Sprintf("; aim ≥ %.0f× rps: %s", mitmAim, verdict)
+			if ours.CPUPerReqUS > 0 {
+				line += fmt.Sprintf("; %.1f× less CPU per request", peer.CPUPerReqUS/ours.CPUPerReqUS)
+			}
+		}
 		if c == "close" && tunnel != nil && tunnel.MedianRPS > 0 {
 			line += fmt.Sprintf("; %.0f× the best TCP-level tunnel (%s, %s rps)", ours.MedianRPS/tunnel.MedianRPS, tunnel.Proxy, fmtInt(tunnel.MedianRPS))
 		}
@@ -450,7 +465,7 @@ func binaryVersion(name, bin string) string {
 		args = []string{"-version"}
 	case "wrk":
 		args = []string{"-v"}
-	case "ghostunnel":
+	case "ghostunnel", "mitmproxy":
 		args = []string{"--version"}
 	case "openssl":
 		args = []string{"version"}

@@ -97,7 +97,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Duration.Seconds() != 5 || o.Rounds != 1 || !o.Keep || len(o.Cases) != 3 {
+	if o.Duration.Seconds() != 5 || o.Rounds != 1 || !o.Keep || len(o.Cases) != 4 {
 		t.Errorf("got %+v", o)
 	}
 	for _, args := range [][]string{{"-duration", "500ms"}, {"-warmup", "10ms"}, {"-rounds", "0"}, {"extra"}} {
