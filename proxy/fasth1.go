@@ -71,7 +71,9 @@ var errFallback = errors.New("upstream speaks HTTP/2")
 // retried once on a new one.
 func (f *fastH1) roundTrip(req *http.Request, ex *exchange) (*http.Response, error) {
 	addr := req.URL.Host
-	if _, _, err := net.SplitHostPort(addr); err != nil {
+	if ex != nil && ex.host != "" {
+		addr = ex.host // host:port, normalized by prepare
+	} else if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(req.URL.Hostname(), "443")
 	}
 	for attempt := 0; ; attempt++ {
@@ -121,9 +123,7 @@ func (f *fastH1) exchange(pc *h1Conn, req *http.Request, addr string) (*http.Res
 	// A client that goes away stops the wait for the upstream.
 	stop := context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if err := req.Write(pc.bw); err != nil {
-		return nil, err
-	}
+	writeRequestHead(pc.bw, req)
 	if err := pc.bw.Flush(); err != nil {
 		return nil, err
 	}
@@ -258,4 +258,42 @@ func (f *fastH1) closeIdle(final bool) {
 			_ = pc.tc.Close()
 		}
 	}
+}
+
+// writeRequestHead writes a bodiless request's head the way
+// http.Request.Write would (including its default User-Agent), without
+// its allocations. The header names and values come from Go's server,
+// which has already refused invalid ones.
+func writeRequestHead(bw *bufio.Writer, req *http.Request) {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(req.URL.RequestURI()) // escapes; no allocation for a plain path
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+	if _, ok := req.Header["User-Agent"]; !ok {
+		bw.WriteString("User-Agent: Go-http-client/1.1\r\n")
+	}
+	for k, vs := range req.Header {
+		if k == "Host" || k == "Content-Length" || k == "Transfer-Encoding" || k == "Connection" {
+			continue
+		}
+		for _, v := range vs {
+			if k == "User-Agent" && v == "" {
+				continue // an explicitly empty User-Agent means: send none
+			}
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	if req.Close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
 }

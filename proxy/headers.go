@@ -26,7 +26,7 @@ var hopHeaders = []string{
 // headers are the point of the request and stay.
 func removeHopHeaders(h http.Header, upgrade bool) {
 	for _, v := range h["Connection"] {
-		for _, name := range strings.Split(v, ",") {
+		for name := range strings.SplitSeq(v, ",") {
 			name = textproto.TrimString(name)
 			if name == "" || (upgrade && strings.EqualFold(name, "upgrade")) {
 				continue
@@ -64,7 +64,7 @@ func removeHopHeaders(h http.Header, upgrade bool) {
 func isUpgrade(h http.Header) bool {
 	websocket := false
 	for _, v := range h["Upgrade"] {
-		for _, p := range strings.Split(v, ",") {
+		for p := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(textproto.TrimString(p), "websocket") {
 				websocket = true
 			}
@@ -74,7 +74,7 @@ func isUpgrade(h http.Header) bool {
 		return false
 	}
 	for _, v := range h["Connection"] {
-		for _, name := range strings.Split(v, ",") {
+		for name := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(textproto.TrimString(name), "upgrade") {
 				return true
 			}

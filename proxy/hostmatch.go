@@ -98,10 +98,26 @@ func (p HostPattern) Match(host, port string) bool {
 func NormalizeHost(h string) string {
 	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
 	h = strings.TrimSuffix(h, ".")
-	if a, err := netip.ParseAddr(h); err == nil {
-		return a.Unmap().String()
+	// Only what can be an IP literal is parsed as one: a failed parse
+	// allocates its error, and most hosts are names.
+	if looksLikeIP(h) {
+		if a, err := netip.ParseAddr(h); err == nil {
+			return a.Unmap().String()
+		}
 	}
-	return strings.ToLower(h)
+	return strings.ToLower(h) // no allocation when already lower case
+}
+
+func looksLikeIP(h string) bool {
+	if strings.IndexByte(h, ':') >= 0 {
+		return true
+	}
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; (c < '0' || c > '9') && c != '.' {
+			return false
+		}
+	}
+	return h != ""
 }
 
 func splitPatternPort(s string) (host, port string, err error) {

@@ -1,0 +1,56 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"net/http"
+	"net/url"
+	"reflect"
+	"testing"
+)
+
+// writeRequestHead must put on the wire what http.Request.Write would.
+func TestWriteRequestHeadMatchesRequestWrite(t *testing.T) {
+	mk := func(method, rawURL string, h http.Header, closeConn bool) *http.Request {
+		u, err := url.Parse(rawURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h == nil {
+			h = http.Header{}
+		}
+		return &http.Request{Method: method, URL: u, Header: h, Close: closeConn, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
+	}
+	tests := []*http.Request{
+		mk("GET", "https://api.internal/", nil, false),
+		mk("GET", "https://api.internal:8443/a/b?q=1&r=%20x", http.Header{"Accept": {"*/*"}, "X-Multi": {"1", "2"}}, false),
+		mk("HEAD", "https://api.internal/caf%C3%A9/a%2Fb", http.Header{"User-Agent": {"curl/8"}}, true),
+		mk("OPTIONS", "https://[::1]:8443/x", http.Header{"User-Agent": {""}, "Cookie": {"a=b"}}, false),
+	}
+	for _, req := range tests {
+		t.Run(req.Method+" "+req.URL.String(), func(t *testing.T) {
+			var want, got bytes.Buffer
+			if err := req.Write(&want); err != nil {
+				t.Fatal(err)
+			}
+			bw := bufio.NewWriter(&got)
+			writeRequestHead(bw, req)
+			_ = bw.Flush()
+			parse := func(b []byte) *http.Request {
+				r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(b)))
+				if err != nil {
+					t.Fatalf("parse %q: %v", b, err)
+				}
+				return r
+			}
+			w, g := parse(want.Bytes()), parse(got.Bytes())
+			if g.Method != w.Method || g.RequestURI != w.RequestURI || g.Host != w.Host || g.Close != w.Close {
+				t.Errorf("got %s %s host %s close %v; want %s %s host %s close %v",
+					g.Method, g.RequestURI, g.Host, g.Close, w.Method, w.RequestURI, w.Host, w.Close)
+			}
+			if !reflect.DeepEqual(g.Header, w.Header) {
+				t.Errorf("headers:\n got  %v\n want %v", g.Header, w.Header)
+			}
+		})
+	}
+}
