@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -218,92 +217,6 @@ func (p *Proxy) notProxyRequest() *proxyError {
 	return badRequest("this is a forward proxy: send requests for http://HOST/... through it (HTTP_PROXY=http://<this listener>), or start it with --upstream URL to serve paths directly")
 }
 
-// onConnect answers CONNECT. A tunnel cannot carry the client certificate,
-// so only routes with connect: tunnel get one; everything else gets a real
-// 403 (an unmatched CONNECT in goproxy would be an open tunnel to anywhere).
-func (p *Proxy) onConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
-	ex, ok := ctx.Req.Context().Value(exchangeKey{}).(*exchange)
-	if !ok {
-		ex = &exchange{start: time.Now()}
-	}
-	ex.connect = true
-	host, port, err := net.SplitHostPort(target)
-	if err != nil {
-		host, port = target, "443"
-	}
-	host = NormalizeHost(host)
-	ex.host = net.JoinHostPort(host, port)
-	var perr *proxyError
-	route := p.match(host, port, ex.client)
-	switch {
-	case host == "" || !validPort(port):
-		perr = badRequest("CONNECT target %q is not host:port", target)
-	case route == nil:
-		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
-			msg: fmt.Sprintf("CONNECT %s refused: no route allows this host", ex.host)}
-	case route.connect == ConnectMitm && p.mitm == nil:
-		ex.route = route
-		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
-			msg: fmt.Sprintf("CONNECT %s refused: the route intercepts tunnels, but no local CA (mitm_ca) is configured", ex.host)}
-	case route.connect != ConnectTunnel && route.connect != ConnectMitm:
-		ex.route = route
-		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
-			msg: fmt.Sprintf("CONNECT %s refused: mtlsproxy adds the client certificate to plain-HTTP requests only; use http:// URLs (http://%s/...) through HTTP_PROXY instead of https:// through HTTPS_PROXY",
-				ex.host, stripDefaultPort(ex.host, "443"))}
-	}
-	if perr != nil {
-		ex.fail(perr, nil)
-		ex.status = perr.status
-		resp := perr.response(ctx.Req)
-		resp.Header.Set("Connection", "close")
-		ctx.Resp = resp
-		return &goproxy.ConnectAction{Action: goproxy.ConnectReject}, target
-	}
-	ex.route = route
-	if route.connect == ConnectMitm {
-		ex.status = http.StatusOK
-		// Requests inside the tunnel get their own goproxy contexts,
-		// which start from this UserData.
-		ctx.UserData = &mitmTunnel{client: ex.client, host: host, port: port}
-		return &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: p.mitmTLS(host, port, ex.client)}, target
-	}
-	return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: func(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
-		p.tunnel(req, client, route, ex)
-	}}, target
-}
-
-// mitmTunnel is what the requests inside an intercepted tunnel inherit
-// from the CONNECT.
-type mitmTunnel struct {
-	client, host, port string
-}
-
-// mitmTLS is the server side of an intercepted tunnel: a leaf for the
-// name the client asks for (SNI, else the CONNECT host). A different SNI
-// is served only if a mitm route allows it too.
-func (p *Proxy) mitmTLS(host, port, client string) func(string, *goproxy.ProxyCtx) (*tls.Config, error) {
-	return func(string, *goproxy.ProxyCtx) (*tls.Config, error) {
-		return &tls.Config{
-			MinVersion: tls.VersionTLS12,
-			GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-				name := host
-				if sni := NormalizeHost(hello.ServerName); sni != "" && sni != host {
-					if rt := p.match(sni, port, client); rt == nil || rt.connect != ConnectMitm {
-						return nil, fmt.Errorf("client asked for %q inside a tunnel to %q, which no mitm route allows", sni, host)
-					}
-					name = sni
-				}
-				return p.mitm.Certificate(name)
-			},
-		}, nil
-	}
-}
-
-func validPort(p string) bool {
-	_, err := checkPort(p)
-	return err == nil
-}
-
 func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
 	ex, ok := r.Context().Value(exchangeKey{}).(*exchange)
 	if !ok {
@@ -332,22 +245,6 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 	}
 	return r, nil
 }
-
-// tunnelRoundTrip carries a request inside an intercepted tunnel. When the
-// round trip fails, goproxy's tunnel loop neither calls onResponse nor
-// answers properly (HTTP/1.1: it drops the connection; HTTP/2: a bare 502),
-// so the failure is turned into mtlsproxy's own error answer here, which
-// onResponse then logs like any other.
-var tunnelRoundTrip = goproxy.RoundTripperFunc(func(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {
-	ex := ctx.UserData.(*exchange)
-	resp, err := ex.route.rt.RoundTrip(req, ctx)
-	if err != nil {
-		perr := classifyUpstreamError(err, ex.host)
-		ex.fail(perr, err)
-		return perr.response(req), nil
-	}
-	return resp, nil
-})
 
 // prepare routes r and rewrites it into the upstream request.
 func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {

@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -88,168 +87,6 @@ type gatewayPlan struct {
 // identityNone in a route or gateway means: no client certificate.
 const identityNone = "none"
 
-// validate checks the flag-only configuration and reports all problems at
-// once, each naming its flag.
-func (cfg *runConfig) validate() (*plan, error) {
-	pl := &plan{listen: cfg.Listen, unsafeListen: cfg.UnsafeListen, format: cfg.LogFormat,
-		resolve: proxy.Resolve{}, identities: map[string]*tlsconf.Identity{}, trusts: map[string]trustSource{}}
-	var errs []error
-	add := func(err error) {
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	add(checkListen("--listen", cfg.Listen, cfg.UnsafeListen))
-	mode, err := parseSocketMode(cfg.SocketMode)
-	if err != nil {
-		add(fmt.Errorf("--socket-mode %w", err))
-	}
-	pl.socketMode = mode
-	for _, h := range cfg.StripHeaders {
-		if !validHeaderName(h) {
-			add(fmt.Errorf("--strip-header %q: not a header name", h))
-		}
-	}
-	if cfg.Admin != "" {
-		add(checkListen("--admin", cfg.Admin, cfg.UnsafeListen))
-	}
-	pl.admin, pl.maxConns = cfg.Admin, cfg.MaxConnections
-	if cfg.MaxConnections < 0 {
-		add(fmt.Errorf("--max-connections %d: want 0 (no limit) or more", cfg.MaxConnections))
-	}
-	pl.timeouts = proxy.Timeouts{Dial: cfg.DialTimeout, TLSHandshake: cfg.TLSHandshakeTimeout,
-		ResponseHeader: cfg.ResponseHeaderTimeout, IdleConn: cfg.IdleConnTimeout}
-	pl.readHeaderTimeout, pl.clientIdleTimeout, pl.shutdownTimeout = cfg.ReadHeaderTimeout, cfg.ClientIdleTimeout, cfg.ShutdownTimeout
-	for name, d := range map[string]time.Duration{"--dial-timeout": cfg.DialTimeout, "--tls-handshake-timeout": cfg.TLSHandshakeTimeout,
-		"--response-header-timeout": cfg.ResponseHeaderTimeout, "--idle-conn-timeout": cfg.IdleConnTimeout,
-		"--read-header-timeout": cfg.ReadHeaderTimeout, "--client-idle-timeout": cfg.ClientIdleTimeout, "--shutdown-timeout": cfg.ShutdownTimeout} {
-		if d <= 0 {
-			add(fmt.Errorf("%s %s: want a positive duration", name, d))
-		}
-	}
-	var id *tlsconf.Identity
-	src := tlsconf.IdentitySource{CertFile: cfg.Cert, KeyFile: cfg.Key, KeyPassFile: cfg.KeyPassFile,
-		PKCS12File: cfg.PKCS12, PKCS12PassFile: cfg.PKCS12PassFile}
-	pemGiven := cfg.Cert != "" || cfg.Key != "" || cfg.KeyPassFile != ""
-	switch {
-	case pemGiven && (cfg.PKCS12 != "" || cfg.PKCS12PassFile != ""):
-		add(errors.New("give --cert/--key or --pkcs12, not both"))
-	case cfg.PKCS12PassFile != "" && cfg.PKCS12 == "":
-		add(errors.New("--pkcs12-pass-file given without --pkcs12"))
-	case cfg.PKCS12 != "":
-	case cfg.Cert == "" && cfg.Key == "":
-		add(errors.New("no client identity: give --cert FILE and --key FILE, or --pkcs12 FILE (or --config FILE)"))
-	case cfg.Cert == "":
-		add(errors.New("--key given without --cert"))
-	case cfg.Key == "":
-		add(errors.New("--cert given without --key"))
-	}
-	p12Given := cfg.PKCS12 != "" || cfg.PKCS12PassFile != ""
-	if (cfg.PKCS12 != "" && !pemGiven) || (cfg.Cert != "" && cfg.Key != "" && !p12Given) {
-		var err error
-		if id, err = tlsconf.LoadIdentity("default", src); err != nil {
-			flags := "--cert/--key"
-			if cfg.PKCS12 != "" {
-				flags = "--pkcs12"
-			}
-			add(fmt.Errorf("%s: %w", flags, err))
-		} else {
-			pl.identities["default"] = id
-		}
-	}
-	pl.reloadInterval, pl.expiryWarning = cfg.ReloadInterval, cfg.ExpiryWarning
-	if cfg.ReloadInterval < 0 {
-		add(fmt.Errorf("--reload-interval %s: want 0 (off) or a positive duration", cfg.ReloadInterval))
-	}
-	if len(cfg.CACerts) > 0 {
-		pl.trusts["default"] = trustSource{files: cfg.CACerts}
-	}
-	var allow []proxy.HostPattern
-	for _, a := range cfg.Allow {
-		p, err := proxy.ParseHostPattern(a)
-		if err != nil {
-			add(fmt.Errorf("--allow: %w", err))
-			continue
-		}
-		allow = append(allow, p)
-	}
-	if cfg.Upstream != "" {
-		u, err := parseUpstream(cfg.Upstream)
-		add(err)
-		pl.upstream = u
-	}
-	if len(cfg.Allow) == 0 && cfg.Upstream == "" {
-		add(errNothingAllowed)
-	}
-	if cfg.ServerName != "" && !validServerName(cfg.ServerName) {
-		add(fmt.Errorf("--server-name %q: not a host name", cfg.ServerName))
-	}
-	for _, r := range cfg.Resolve {
-		k, v, err := parseResolve(r)
-		if err != nil {
-			add(err)
-			continue
-		}
-		pl.resolve[k] = v
-	}
-	level, err := parseLevel(cfg.LogLevel)
-	if err != nil {
-		add(fmt.Errorf("--log-level %w", err))
-	}
-	pl.level = level
-	if err := checkFormat(cfg.LogFormat); err != nil {
-		add(fmt.Errorf("--log-format %w", err))
-	}
-	roots, err := tlsconf.LoadCAFiles(cfg.CACerts)
-	if err != nil {
-		add(fmt.Errorf("--cacert: %w", err))
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	trust, trustKey := "system roots", ""
-	if len(cfg.CACerts) > 0 {
-		trust, trustKey = strings.Join(cfg.CACerts, ","), "default"
-	}
-	pl.via, pl.stripHeaders, pl.pprof = cfg.Via, cfg.StripHeaders, cfg.Pprof
-	base := proxy.RouteOptions{Identity: id, RootCAs: roots, ServerName: cfg.ServerName, Resolve: pl.resolve, HTTP2: cfg.HTTP2}
-	if len(allow) > 0 {
-		ro := base
-		ro.Name, ro.Hosts = "forward", allow
-		pl.routes = append(pl.routes, &routePlan{opts: ro, identity: "default", trust: trust, trustKey: trustKey, hosts: cfg.Allow})
-	}
-	if pl.upstream != nil {
-		p, err := upstreamPattern(pl.upstream)
-		if err != nil {
-			return nil, fmt.Errorf("--upstream: %w", err)
-		}
-		ro := base
-		ro.Name, ro.Hosts = "gateway", []proxy.HostPattern{p}
-		pl.upstreamRoute = &routePlan{opts: ro, identity: "default", trust: trust, trustKey: trustKey, hosts: []string{p.String()}}
-	}
-	return pl, nil
-}
-
-func parseLevel(s string) (zap.AtomicLevel, error) {
-	level, err := zap.ParseAtomicLevel(s)
-	if err != nil || s == "" {
-		return level, fmt.Errorf("%q: want debug, info, warn or error", s)
-	}
-	return level, nil
-}
-
-func checkFormat(s string) error {
-	if s != "json" && s != "console" {
-		return fmt.Errorf("%q: want json or console", s)
-	}
-	return nil
-}
-
-func validServerName(s string) bool {
-	_, err := proxy.ParseHostPattern(s)
-	return err == nil && !strings.ContainsAny(s, "*:[")
-}
-
 // planFromFile validates a decoded config file. Every problem is added to
 // probs with its field path; the plan is usable only if probs is empty.
 func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
@@ -297,70 +134,12 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 			probs.add(fmt.Sprintf("strip_headers[%d]", i), "%q is not a header name", h)
 		}
 	}
-	if len(cfg.Clients) > 0 {
-		passwords := map[string]string{}
-		for _, name := range sortedKeys(cfg.Clients) {
-			path := "clients." + name
-			pf := cfg.Clients[name].PasswordFile
-			if pf == "" {
-				probs.add(path+".password_file", "required: a file holding the client's password")
-				continue
-			}
-			b, err := os.ReadFile(pf)
-			if err != nil {
-				probs.add(path+".password_file", "%v", err)
-				continue
-			}
-			pw := strings.TrimRight(string(b), "\r\n")
-			if pw == "" {
-				probs.add(path+".password_file", "%s is empty", pf)
-				continue
-			}
-			if strings.Contains(name, ":") {
-				probs.add(path, "a client name cannot contain ':'")
-				continue
-			}
-			passwords[name] = pw
-		}
-		pl.clients = proxy.NewClients(passwords)
-	}
+	pl.clients = loadClients(cfg.Clients, probs)
 	if cfg.MaxConnections < 0 {
 		probs.add("max_connections", "%d: want 0 (no limit) or more", cfg.MaxConnections)
 	}
-	t := cfg.Timeouts
-	for _, d := range []struct {
-		key string
-		v   *time.Duration
-		def time.Duration
-	}{
-		{"dial", &t.Dial, 10 * time.Second}, {"tls_handshake", &t.TLSHandshake, 10 * time.Second},
-		{"response_header", &t.ResponseHeader, 60 * time.Second}, {"idle_conn", &t.IdleConn, 90 * time.Second},
-		{"tunnel_idle", &t.TunnelIdle, 5 * time.Minute}, {"client_read_header", &t.ClientReadHeader, 30 * time.Second},
-		{"client_idle", &t.ClientIdle, 2 * time.Minute}, {"shutdown", &t.Shutdown, 30 * time.Second},
-	} {
-		switch {
-		case *d.v < 0:
-			probs.add("timeouts."+d.key, "%s: want a positive duration", *d.v)
-		case *d.v == 0:
-			*d.v = d.def
-		}
-	}
-	pl.timeouts = proxy.Timeouts{Dial: t.Dial, TLSHandshake: t.TLSHandshake, ResponseHeader: t.ResponseHeader,
-		IdleConn: t.IdleConn, TunnelIdle: t.TunnelIdle}
-	pl.readHeaderTimeout, pl.clientIdleTimeout, pl.shutdownTimeout = t.ClientReadHeader, t.ClientIdle, t.Shutdown
-	if m := cfg.MitmCA; m != nil {
-		switch {
-		case m.Cert == "" || m.Key == "":
-			probs.add("mitm_ca", "give cert and key (make them with: mtlsproxy ca init --out DIR)")
-		default:
-			ca, err := tlsconf.LoadMitmCA(m.Cert, m.Key)
-			if err != nil {
-				probs.add("mitm_ca", "%v", err)
-			} else {
-				pl.mitmCA = ca
-			}
-		}
-	}
+	fileTimeouts(cfg.Timeouts, pl, probs)
+	pl.mitmCA = loadMitmCA(cfg.MitmCA, probs)
 	level := cfg.Log.Level
 	if level == "" {
 		level = "info"
@@ -394,101 +173,12 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 			pl.trusts[name] = trustSource{files: cfg.Trust[name].CAFiles, system: cfg.Trust[name].System}
 		}
 	}
-	names := map[string]string{}
-	uniqueName := func(path, name, def string) string {
-		explicit := name != ""
-		if !explicit {
-			name = def
-		}
-		if prev, dup := names[name]; dup {
-			if explicit {
-				probs.add(path+".name", "name %q is already used by %s", name, prev)
-			}
-			name = name + "#" + path
-		}
-		names[name] = path
-		return name
-	}
+	fb := &fileBuilder{cfg: cfg, pl: pl, pools: pools, probs: probs, names: map[string]string{}}
 	for i, r := range cfg.Routes {
-		path := fmt.Sprintf("routes[%d]", i)
-		hosts := r.Hosts
-		switch {
-		case r.Host != "" && len(r.Hosts) > 0:
-			probs.add(path, "give host or hosts, not both")
-		case r.Host != "":
-			hosts = []string{r.Host}
-		case len(r.Hosts) == 0:
-			probs.add(path+".host", "required: the upstream host this route carries (api.internal, *.corp.example, optional :port)")
-		}
-		rp := &routePlan{hosts: hosts}
-		for j, h := range hosts {
-			p, err := proxy.ParseHostPattern(h)
-			if err != nil {
-				hp := path + ".host"
-				if r.Host == "" {
-					hp = fmt.Sprintf("%s.hosts[%d]", path, j)
-				}
-				probs.add(hp, "%v", err)
-				continue
-			}
-			rp.opts.Hosts = append(rp.opts.Hosts, p)
-		}
-		def := path
-		if len(hosts) > 0 {
-			def = hosts[0]
-		}
-		rp.opts.Name = uniqueName(path, r.Name, def)
-		upstreamOptions(path, r.upstreamConfig, pl, pools, rp, probs)
-		switch r.Connect {
-		case "", "reject":
-		case "tunnel":
-			rp.opts.Connect = proxy.ConnectTunnel
-		case "mitm":
-			rp.opts.Connect = proxy.ConnectMitm
-			if cfg.MitmCA == nil {
-				probs.add(path+".connect", "mitm needs a local CA: add mitm_ca: {cert, key} (make one with: mtlsproxy ca init --out DIR)")
-			} else if pl.mitmCA != nil {
-				for _, h := range rp.opts.Hosts {
-					if d := h.Domain(); d != "" && !permitted(pl.mitmCA.Certificate().PermittedDNSDomains, d) {
-						pl.warnings = append(pl.warnings, fmt.Sprintf("%s.host: %s is outside the MITM CA's permitted domains (%s): clients that honour name constraints will refuse its certificates; make a CA that permits it (mtlsproxy ca init --permit %s)",
-							path, h, strings.Join(pl.mitmCA.Certificate().PermittedDNSDomains, ", "), d))
-					}
-				}
-			}
-		default:
-			probs.add(path+".connect", "%q: want reject, tunnel or mitm", r.Connect)
-		}
-		rp.opts.Clients = checkClients(path, r.Clients, cfg.Clients, probs)
-		pl.routes = append(pl.routes, rp)
+		pl.routes = append(pl.routes, fb.route(i, r))
 	}
 	for i, g := range cfg.Gateways {
-		path := fmt.Sprintf("gateways[%d]", i)
-		gp := &gatewayPlan{listen: g.Listen, route: &routePlan{}}
-		if g.Listen == "" {
-			probs.add(path+".listen", "required: the address this gateway listens on, such as 127.0.0.1:8081")
-		} else if err := checkListen("listen", g.Listen, cfg.UnsafeListen); err != nil {
-			probs.add(path+".listen", "%v", strings.TrimPrefix(err.Error(), "listen "))
-		}
-		if g.Upstream == "" {
-			probs.add(path+".upstream", "required: the https:// URL this gateway forwards to")
-		} else if u, err := parseUpstream(g.Upstream); err != nil {
-			probs.add(path+".upstream", "%v", strings.TrimPrefix(err.Error(), "--upstream "))
-		} else if p, err := upstreamPattern(u); err != nil {
-			probs.add(path+".upstream", "%v", err)
-		} else {
-			gp.upstream = u
-			gp.route.opts.Hosts = []proxy.HostPattern{p}
-			gp.route.hosts = []string{p.String()}
-		}
-		def := path
-		if g.Listen != "" {
-			def = "gateway " + g.Listen
-		}
-		gp.name = uniqueName(path, g.Name, def)
-		gp.route.opts.Name = gp.name
-		upstreamOptions(path, g.upstreamConfig, pl, pools, gp.route, probs)
-		gp.route.opts.Clients = checkClients(path, g.Clients, cfg.Clients, probs)
-		pl.gateways = append(pl.gateways, gp)
+		pl.gateways = append(pl.gateways, fb.gateway(i, g))
 	}
 	if len(cfg.Routes) == 0 && len(cfg.Gateways) == 0 {
 		probs.add("routes", "nothing is allowed: add at least one route or gateway")
@@ -703,4 +393,190 @@ func permitted(constraints []string, domain string) bool {
 		}
 	}
 	return false
+}
+
+// loadClients reads the callers' password files.
+func loadClients(clients map[string]clientConfig, probs *configProblems) proxy.Clients {
+	if len(clients) == 0 {
+		return nil
+	}
+	passwords := map[string]string{}
+	for _, name := range sortedKeys(clients) {
+		path := "clients." + name
+		pf := clients[name].PasswordFile
+		if pf == "" {
+			probs.add(path+".password_file", "required: a file holding the client's password")
+			continue
+		}
+		b, err := os.ReadFile(pf)
+		if err != nil {
+			probs.add(path+".password_file", "%v", err)
+			continue
+		}
+		pw := strings.TrimRight(string(b), "\r\n")
+		if pw == "" {
+			probs.add(path+".password_file", "%s is empty", pf)
+			continue
+		}
+		if strings.Contains(name, ":") {
+			probs.add(path, "a client name cannot contain ':'")
+			continue
+		}
+		passwords[name] = pw
+	}
+	return proxy.NewClients(passwords)
+}
+
+// fileTimeouts validates the timeouts and fills in their defaults.
+func fileTimeouts(t timeoutsConfig, pl *plan, probs *configProblems) {
+	for _, d := range []struct {
+		key string
+		v   *time.Duration
+		def time.Duration
+	}{
+		{"dial", &t.Dial, 10 * time.Second}, {"tls_handshake", &t.TLSHandshake, 10 * time.Second},
+		{"response_header", &t.ResponseHeader, 60 * time.Second}, {"idle_conn", &t.IdleConn, 90 * time.Second},
+		{"tunnel_idle", &t.TunnelIdle, 5 * time.Minute}, {"client_read_header", &t.ClientReadHeader, 30 * time.Second},
+		{"client_idle", &t.ClientIdle, 2 * time.Minute}, {"shutdown", &t.Shutdown, 30 * time.Second},
+	} {
+		switch {
+		case *d.v < 0:
+			probs.add("timeouts."+d.key, "%s: want a positive duration", *d.v)
+		case *d.v == 0:
+			*d.v = d.def
+		}
+	}
+	pl.timeouts = proxy.Timeouts{Dial: t.Dial, TLSHandshake: t.TLSHandshake, ResponseHeader: t.ResponseHeader,
+		IdleConn: t.IdleConn, TunnelIdle: t.TunnelIdle}
+	pl.readHeaderTimeout, pl.clientIdleTimeout, pl.shutdownTimeout = t.ClientReadHeader, t.ClientIdle, t.Shutdown
+}
+
+// loadMitmCA loads the local CA of connect: mitm routes, if configured.
+func loadMitmCA(m *mitmCAConfig, probs *configProblems) *tlsconf.MitmCA {
+	if m == nil {
+		return nil
+	}
+	if m.Cert == "" || m.Key == "" {
+		probs.add("mitm_ca", "give cert and key (make them with: mtlsproxy ca init --out DIR)")
+		return nil
+	}
+	ca, err := tlsconf.LoadMitmCA(m.Cert, m.Key)
+	if err != nil {
+		probs.add("mitm_ca", "%v", err)
+		return nil
+	}
+	return ca
+}
+
+// fileBuilder turns the config file's routes and gateways into plans.
+type fileBuilder struct {
+	cfg   *fileConfig
+	pl    *plan
+	pools map[string]*x509.CertPool
+	probs *configProblems
+	names map[string]string // route and gateway names in use, by path
+}
+
+// uniqueName is name, or def when name is empty; a repeated explicit name
+// is a problem, a repeated default gets the path appended.
+func (fb *fileBuilder) uniqueName(path, name, def string) string {
+	explicit := name != ""
+	if !explicit {
+		name = def
+	}
+	if prev, dup := fb.names[name]; dup {
+		if explicit {
+			fb.probs.add(path+".name", "name %q is already used by %s", name, prev)
+		}
+		name = name + "#" + path
+	}
+	fb.names[name] = path
+	return name
+}
+
+// route validates routes[i].
+func (fb *fileBuilder) route(i int, r routeConfig) *routePlan {
+	cfg, pl, probs := fb.cfg, fb.pl, fb.probs
+	path := fmt.Sprintf("routes[%d]", i)
+	hosts := r.Hosts
+	switch {
+	case r.Host != "" && len(r.Hosts) > 0:
+		probs.add(path, "give host or hosts, not both")
+	case r.Host != "":
+		hosts = []string{r.Host}
+	case len(r.Hosts) == 0:
+		probs.add(path+".host", "required: the upstream host this route carries (api.internal, *.corp.example, optional :port)")
+	}
+	rp := &routePlan{hosts: hosts}
+	for j, h := range hosts {
+		p, err := proxy.ParseHostPattern(h)
+		if err != nil {
+			hp := path + ".host"
+			if r.Host == "" {
+				hp = fmt.Sprintf("%s.hosts[%d]", path, j)
+			}
+			probs.add(hp, "%v", err)
+			continue
+		}
+		rp.opts.Hosts = append(rp.opts.Hosts, p)
+	}
+	def := path
+	if len(hosts) > 0 {
+		def = hosts[0]
+	}
+	rp.opts.Name = fb.uniqueName(path, r.Name, def)
+	upstreamOptions(path, r.upstreamConfig, pl, fb.pools, rp, probs)
+	switch r.Connect {
+	case "", "reject":
+	case "tunnel":
+		rp.opts.Connect = proxy.ConnectTunnel
+	case "mitm":
+		rp.opts.Connect = proxy.ConnectMitm
+		if cfg.MitmCA == nil {
+			probs.add(path+".connect", "mitm needs a local CA: add mitm_ca: {cert, key} (make one with: mtlsproxy ca init --out DIR)")
+		} else if pl.mitmCA != nil {
+			for _, h := range rp.opts.Hosts {
+				if d := h.Domain(); d != "" && !permitted(pl.mitmCA.Certificate().PermittedDNSDomains, d) {
+					pl.warnings = append(pl.warnings, fmt.Sprintf("%s.host: %s is outside the MITM CA's permitted domains (%s): clients that honour name constraints will refuse its certificates; make a CA that permits it (mtlsproxy ca init --permit %s)",
+						path, h, strings.Join(pl.mitmCA.Certificate().PermittedDNSDomains, ", "), d))
+				}
+			}
+		}
+	default:
+		probs.add(path+".connect", "%q: want reject, tunnel or mitm", r.Connect)
+	}
+	rp.opts.Clients = checkClients(path, r.Clients, cfg.Clients, probs)
+	return rp
+}
+
+// gateway validates gateways[i].
+func (fb *fileBuilder) gateway(i int, g gatewayConfig) *gatewayPlan {
+	cfg, pl, probs := fb.cfg, fb.pl, fb.probs
+	path := fmt.Sprintf("gateways[%d]", i)
+	gp := &gatewayPlan{listen: g.Listen, route: &routePlan{}}
+	if g.Listen == "" {
+		probs.add(path+".listen", "required: the address this gateway listens on, such as 127.0.0.1:8081")
+	} else if err := checkListen("listen", g.Listen, cfg.UnsafeListen); err != nil {
+		probs.add(path+".listen", "%v", strings.TrimPrefix(err.Error(), "listen "))
+	}
+	if g.Upstream == "" {
+		probs.add(path+".upstream", "required: the https:// URL this gateway forwards to")
+	} else if u, err := parseUpstream(g.Upstream); err != nil {
+		probs.add(path+".upstream", "%v", strings.TrimPrefix(err.Error(), "--upstream "))
+	} else if p, err := upstreamPattern(u); err != nil {
+		probs.add(path+".upstream", "%v", err)
+	} else {
+		gp.upstream = u
+		gp.route.opts.Hosts = []proxy.HostPattern{p}
+		gp.route.hosts = []string{p.String()}
+	}
+	def := path
+	if g.Listen != "" {
+		def = "gateway " + g.Listen
+	}
+	gp.name = fb.uniqueName(path, g.Name, def)
+	gp.route.opts.Name = gp.name
+	upstreamOptions(path, g.upstreamConfig, pl, fb.pools, gp.route, probs)
+	gp.route.opts.Clients = checkClients(path, g.Clients, cfg.Clients, probs)
+	return gp
 }
