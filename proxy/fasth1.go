@@ -128,6 +128,21 @@ func (f *fastH1) exchange(pc *h1Conn, req *http.Request, addr string) (*http.Res
 		return nil, err
 	}
 	_ = pc.tc.SetReadDeadline(time.Now().Add(f.route.timeouts.ResponseHeader))
+	// A pooled connection the upstream has closed meanwhile answers with
+	// EOF (or a reset) before the first byte: say so plainly, so that the
+	// caller retries on a new connection.
+	if _, err := pc.br.Peek(1); err != nil {
+		if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
+			return nil, errResponseHeaderTimeout
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, io.EOF
+		}
+		return nil, err
+	}
 	var resp *http.Response
 	for {
 		var err error

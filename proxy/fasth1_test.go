@@ -3,10 +3,17 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki/pkitest"
 )
 
 // writeRequestHead must put on the wire what http.Request.Write would.
@@ -52,5 +59,38 @@ func TestWriteRequestHeadMatchesRequestWrite(t *testing.T) {
 				t.Errorf("headers:\n got  %v\n want %v", g.Header, w.Header)
 			}
 		})
+	}
+}
+
+// An upstream that closes an idle pooled connection must not fail the next
+// request: the fast path retries a bodiless request once on a new
+// connection when the old one turns out to be closed.
+func TestFastPathRetriesConnectionClosedByUpstream(t *testing.T) {
+	set := pkitest.New(t)
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(whoami))
+	srv.TLS = set.ServerTLS()
+	srv.Config.IdleTimeout = 100 * time.Millisecond
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	tp := newTestProxy(t, set, []string{"api.internal"}, func(ro *RouteOptions, o *Options) {
+		ro.Resolve["api.internal:"+port] = "127.0.0.1:" + port
+		ro.HTTP2 = false
+	})
+	for i := 0; i < 3; i++ {
+		resp, body := tp.get(t, "http://api.internal:"+port+"/again")
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body, "uri=/again") {
+			t.Fatalf("request %d: %d %q; want 200", i, resp.StatusCode, body)
+		}
+		time.Sleep(300 * time.Millisecond) // the upstream closes the idle connection
+	}
+	if n := conns.Load(); n < 3 {
+		t.Errorf("upstream saw %d connections; want 3 (each idle one closed by it)", n)
 	}
 }
