@@ -254,8 +254,19 @@ func (f *fastH1) put(key string, pc *h1Conn) {
 		_ = pc.tc.Close()
 		return
 	}
-	f.idle[key] = append(f.idle[key], pc)
+	conns := append(f.idle[key], pc)
+	// The pool is used last-in first-out, so connections at the front can
+	// sit unused after a burst: close those idle for too long.
+	var stale []*h1Conn
+	for len(conns) > 1 && pc.idleAt.Sub(conns[0].idleAt) > f.route.timeouts.IdleConn {
+		stale = append(stale, conns[0])
+		conns = conns[1:]
+	}
+	f.idle[key] = conns
 	f.mu.Unlock()
+	for _, c := range stale {
+		_ = c.tc.Close()
+	}
 }
 
 // closeIdle closes every idle connection; with final set, connections

@@ -94,3 +94,34 @@ func TestFastPathRetriesConnectionClosedByUpstream(t *testing.T) {
 		t.Errorf("upstream saw %d connections; want 3 (each idle one closed by it)", n)
 	}
 }
+
+func TestFastPathClosesLongIdleConnections(t *testing.T) {
+	set := pkitest.New(t)
+	up := newUpstream(t, set.ServerTLS(), whoami)
+	r := NewRoute(RouteOptions{Name: "t", Hosts: []HostPattern{mustParseHostPattern("api.internal")},
+		RootCAs: set.CA.Pool(), Timeouts: Timeouts{IdleConn: 200 * time.Millisecond},
+		Resolve: Resolve{"api.internal:" + up.port: "127.0.0.1:" + up.port}})
+	f := r.conns.Load().fast
+	key := "api.internal:" + up.port
+	var conns []*h1Conn
+	for i := 0; i < 3; i++ {
+		pc, err := f.dial(t.Context(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, pc)
+	}
+	f.put(key, conns[0])
+	f.put(key, conns[1])
+	time.Sleep(300 * time.Millisecond)
+	f.put(key, conns[2])
+	f.mu.Lock()
+	n := len(f.idle[key])
+	f.mu.Unlock()
+	if n != 1 {
+		t.Errorf("idle pool holds %d connections; want 1 (the two idle past the timeout closed)", n)
+	}
+	if _, err := conns[0].tc.Write([]byte("x")); err == nil {
+		t.Errorf("a connection idle past the timeout is still open")
+	}
+}
