@@ -30,6 +30,9 @@ type fastH1 struct {
 	mu     sync.Mutex
 	idle   map[string][]*h1Conn // by host:port, most recent last
 	closed bool
+	// sweep closes connections idle past the timeout when traffic has
+	// stopped; it is armed while the pool holds any.
+	sweep *time.Timer
 }
 
 type h1Conn struct {
@@ -263,6 +266,40 @@ func (f *fastH1) put(key string, pc *h1Conn) {
 		conns = conns[1:]
 	}
 	f.idle[key] = conns
+	if f.sweep == nil {
+		f.sweep = time.AfterFunc(f.route.timeouts.IdleConn, f.sweepIdle)
+	}
+	f.mu.Unlock()
+	for _, c := range stale {
+		_ = c.tc.Close()
+	}
+}
+
+// sweepIdle closes every connection idle past the timeout, and re-arms
+// itself while connections remain.
+func (f *fastH1) sweepIdle() {
+	now := time.Now()
+	var stale []*h1Conn
+	f.mu.Lock()
+	for key, conns := range f.idle {
+		keep := conns[:0]
+		for _, c := range conns {
+			if now.Sub(c.idleAt) > f.route.timeouts.IdleConn {
+				stale = append(stale, c)
+			} else {
+				keep = append(keep, c)
+			}
+		}
+		if len(keep) == 0 {
+			delete(f.idle, key)
+		} else {
+			f.idle[key] = keep
+		}
+	}
+	f.sweep = nil
+	if len(f.idle) > 0 && !f.closed {
+		f.sweep = time.AfterFunc(f.route.timeouts.IdleConn, f.sweepIdle)
+	}
 	f.mu.Unlock()
 	for _, c := range stale {
 		_ = c.tc.Close()

@@ -125,3 +125,34 @@ func TestFastPathClosesLongIdleConnections(t *testing.T) {
 		t.Errorf("a connection idle past the timeout is still open")
 	}
 }
+
+func TestFastPathSweepsIdleConnectionsWithoutTraffic(t *testing.T) {
+	set := pkitest.New(t)
+	up := newUpstream(t, set.ServerTLS(), whoami)
+	r := NewRoute(RouteOptions{Name: "t", Hosts: []HostPattern{mustParseHostPattern("api.internal")},
+		RootCAs: set.CA.Pool(), Timeouts: Timeouts{IdleConn: 150 * time.Millisecond},
+		Resolve: Resolve{"api.internal:" + up.port: "127.0.0.1:" + up.port}})
+	f := r.conns.Load().fast
+	key := "api.internal:" + up.port
+	pc, err := f.dial(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.put(key, pc)
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		f.mu.Lock()
+		n := len(f.idle[key])
+		f.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("idle connection still pooled after %s without traffic", 3*time.Second)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := pc.tc.Write([]byte("x")); err == nil {
+		t.Errorf("swept connection is still open")
+	}
+}
