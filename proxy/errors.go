@@ -48,12 +48,9 @@ func (e *proxyError) Error() string { return e.msg }
 // response renders the error as an HTTP response to req: a one-line
 // text/plain body that starts with "mtlsproxy:".
 func (e *proxyError) response(req *http.Request) *http.Response {
-	body := "mtlsproxy: " + e.msg + "\n"
+	body := e.body()
 	h := make(http.Header, 4)
-	h["Content-Type"] = []string{"text/plain; charset=utf-8"}
-	h["X-Content-Type-Options"] = []string{"nosniff"}
-	h[ErrorHeader] = []string{e.code}
-	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	e.setHeaders(h, len(body))
 	return &http.Response{
 		StatusCode:    e.status,
 		Status:        strconv.Itoa(e.status) + " " + http.StatusText(e.status),
@@ -69,14 +66,19 @@ func (e *proxyError) response(req *http.Request) *http.Response {
 
 // write sends the error directly on w.
 func (e *proxyError) write(w http.ResponseWriter) {
-	body := "mtlsproxy: " + e.msg + "\n"
-	h := w.Header()
+	body := e.body()
+	e.setHeaders(w.Header(), len(body))
+	w.WriteHeader(e.status)
+	_, _ = io.WriteString(w, body)
+}
+
+func (e *proxyError) body() string { return "mtlsproxy: " + e.msg + "\n" }
+
+func (e *proxyError) setHeaders(h http.Header, length int) {
 	h["Content-Type"] = []string{"text/plain; charset=utf-8"}
 	h["X-Content-Type-Options"] = []string{"nosniff"}
 	h[ErrorHeader] = []string{e.code}
-	h["Content-Length"] = []string{strconv.Itoa(len(body))}
-	w.WriteHeader(e.status)
-	_, _ = io.WriteString(w, body)
+	h["Content-Length"] = []string{strconv.Itoa(length)}
 }
 
 func badRequest(format string, args ...any) *proxyError {

@@ -135,29 +135,17 @@ func (f *fastH1) exchange(pc *h1Conn, req *http.Request, addr string) (*http.Res
 	// EOF (or a reset) before the first byte: say so plainly, so that the
 	// caller retries on a new connection.
 	if _, err := pc.br.Peek(1); err != nil {
-		if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
-			return nil, errResponseHeaderTimeout
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = io.EOF
 		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, io.EOF
-		}
-		return nil, err
+		return nil, readError(ctx, err)
 	}
 	var resp *http.Response
 	for {
 		var err error
 		resp, err = http.ReadResponse(pc.br, req)
 		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() && ctx.Err() == nil {
-				return nil, errResponseHeaderTimeout
-			}
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, err
+			return nil, readError(ctx, err)
 		}
 		// Informational answers (103 Early Hints) precede the real one.
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
@@ -183,9 +171,24 @@ func (f *fastH1) exchange(pc *h1Conn, req *http.Request, addr string) (*http.Res
 	return resp, nil
 }
 
+// readError explains a failure to read the response head: the
+// response-header deadline, the client going away, or the connection's
+// own error.
+func readError(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return errResponseHeaderTimeout
+	}
+	return err
+}
+
 // errResponseHeaderTimeout reads as a timeout to classifyUpstreamError.
 var errResponseHeaderTimeout = &timeoutError{"timeout awaiting response headers"}
 
+// timeoutError is a timeout mtlsproxy detects itself; it is a net.Error
+// whose Timeout is true, like the standard library's.
 type timeoutError struct{ msg string }
 
 func (e *timeoutError) Error() string   { return e.msg }

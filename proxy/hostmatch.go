@@ -66,15 +66,6 @@ func ParseHostPattern(s string) (HostPattern, error) {
 	return p, nil
 }
 
-// MustParseHostPatterns parses patterns for tests and fixed configuration.
-func mustParseHostPattern(s string) HostPattern {
-	p, err := ParseHostPattern(s)
-	if err != nil {
-		panic(err)
-	}
-	return p
-}
-
 // String returns the pattern as written.
 func (p HostPattern) String() string { return p.raw }
 

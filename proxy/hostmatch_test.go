@@ -119,3 +119,12 @@ func TestRemoveHopHeaders(t *testing.T) {
 		t.Errorf("upgrade headers after removal: %v", ws)
 	}
 }
+
+// mustParseHostPattern parses a pattern known to be valid.
+func mustParseHostPattern(s string) HostPattern {
+	p, err := ParseHostPattern(s)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}

@@ -120,6 +120,9 @@ func New(o Options) (*Proxy, error) {
 	gp.Tr = &http.Transport{Proxy: nil, DialContext: refuse, DialTLSContext: refuse}
 	gp.ConnectDial = func(string, string) (net.Conn, error) { return nil, errNoDirectDial }
 	gp.KeepAcceptEncoding = true
+	// prepare removes the hop-by-hop headers (Proxy-* included) itself;
+	// goproxy's RemoveProxyHeaders would only do part of it a second time.
+	gp.KeepHeader = true
 	// HTTP/2 from clients inside intercepted tunnels (ALPN).
 	gp.AllowHTTP2 = o.Mitm != nil
 	gp.Logger = goproxyLogger{log.WithOptions(zap.AddCallerSkip(2)).Named("goproxy")}
@@ -137,7 +140,6 @@ func New(o Options) (*Proxy, error) {
 // ServeHTTP implements http.Handler.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex := &exchange{start: time.Now()}
-	ex.trace.GotConn = ex.gotConn
 	rec := newRecorder(w, ex)
 	defer p.recoverPanic(rec, r, ex)
 	if AmbiguousFraming(r.Context()) {
@@ -226,7 +228,6 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 		if t, ok := ctx.UserData.(*mitmTunnel); ok {
 			ex.client = t.client
 		}
-		ex.trace.GotConn = ex.gotConn
 		ex.finish = func() { p.logAccess(ex, r) }
 	}
 	ctx.UserData = ex
@@ -300,6 +301,7 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 	r.URL.Scheme = "https"
 	r.URL.Host = stripDefaultPort(hostport, "443")
 	r.Host = ""
+	r.RequestURI = "" // set on server requests; a client request must not have it
 	// A client's "Connection: close" is about its own connection; passed on,
 	// it would close the pooled upstream connection and cost a handshake.
 	r.Close = false

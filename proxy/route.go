@@ -311,6 +311,9 @@ func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Respo
 		}
 	}
 	if ex != nil {
+		// Only http.Transport needs the trace (the fast path knows
+		// whether it reused a connection), so it is set up only here.
+		ex.trace.GotConn = ex.gotConn
 		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &ex.trace))
 	}
 	if isUpgrade(req.Header) {
@@ -351,7 +354,7 @@ func (r *Route) handshake(ctx context.Context, network, addr string, cfg *tls.Co
 	if err != nil {
 		_ = conn.Close()
 		if timedOut {
-			err = errHandshakeTimeout{}
+			err = errHandshakeTimeout
 		}
 		r.metrics.handshake(err)
 		return nil, err
@@ -362,11 +365,7 @@ func (r *Route) handshake(ctx context.Context, network, addr string, cfg *tls.Co
 
 // errHandshakeTimeout is the upstream TLS handshake running past its
 // timeout.
-type errHandshakeTimeout struct{}
-
-func (errHandshakeTimeout) Error() string   { return "TLS handshake timeout" }
-func (errHandshakeTimeout) Timeout() bool   { return true }
-func (errHandshakeTimeout) Temporary() bool { return true }
+var errHandshakeTimeout = &timeoutError{"TLS handshake timeout"}
 
 // Resolve maps a normalized "host:port" to the address to dial instead,
 // like curl's --resolve. The TLS server name stays the request's host.
