@@ -33,61 +33,12 @@ import (
 
 // hardRun is "mtlsproxy run" started in-process, with every listener's
 // address by name ("listen", or the gateway's name), stoppable by the test.
-type hardRun struct {
-	addrs  map[string]string
-	stderr *syncBuffer
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-	err    error
-}
+type hardRun = inProcessRun
 
 // hardStart runs "mtlsproxy run args..." and waits for n listeners.
 func hardStart(t *testing.T, n int, args ...string) *hardRun {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &hardRun{addrs: map[string]string{}, stderr: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
-	type named struct{ name, addr string }
-	ready := make(chan named, 16)
-	c := &cli{stdout: &syncBuffer{}, stderr: r.stderr, getenv: func(string) string { return "" },
-		onListen: func(name string, a net.Addr) {
-			select {
-			case ready <- named{name, a.String()}:
-			default:
-			}
-		}}
-	go func() { r.done <- c.main(ctx, append([]string{"run"}, args...)) }()
-	for len(r.addrs) < n {
-		select {
-		case l := <-ready:
-			r.addrs[l.name] = l.addr
-		case err := <-r.done:
-			cancel()
-			t.Fatalf("mtlsproxy run %v: exited before listening: %v\nstderr:\n%s", args, err, r.stderr)
-		case <-time.After(10 * time.Second):
-			cancel()
-			t.Fatalf("mtlsproxy run %v: %d of %d listeners after 10s\nstderr:\n%s", args, len(r.addrs), n, r.stderr)
-		}
-	}
-	t.Cleanup(func() {
-		if err := r.stop(t); err != nil {
-			t.Errorf("mtlsproxy run exited with %v", err)
-		}
-	})
-	return r
-}
-
-// stop ends the run and returns its error; later calls return the same.
-func (r *hardRun) stop(t *testing.T) error {
-	r.once.Do(func() {
-		r.cancel()
-		select {
-		case r.err = <-r.done:
-		case <-time.After(35 * time.Second):
-			r.err = errors.New("did not stop within 35s")
-		}
-	})
-	return r.err
+	return startRunUntil(t, atLeast(n), args...)
 }
 
 // hardEnv is a PKI, an upstream that reports the client certificate and

@@ -6,7 +6,6 @@ package main
 // in-process.
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -30,59 +29,13 @@ import (
 
 // opstProxy is "mtlsproxy run" started in-process, with the address of
 // every listener it reported.
-type opstProxy struct {
-	addrs  map[string]string // listener name ("listen", "admin", ...) -> host:port
-	stderr *syncBuffer
-}
+type opstProxy = inProcessRun
 
 // opstStart runs "mtlsproxy run args..." until the test ends and waits
 // until each listener in names has reported its address.
 func opstStart(t *testing.T, names []string, args ...string) *opstProxy {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &opstProxy{addrs: map[string]string{}, stderr: &syncBuffer{}}
-	type named struct {
-		name string
-		addr net.Addr
-	}
-	listening := make(chan named, 16)
-	c := &cli{stdout: &syncBuffer{}, stderr: p.stderr, getenv: func(string) string { return "" },
-		onListen: func(name string, a net.Addr) { listening <- named{name, a} }}
-	done := make(chan error, 1)
-	go func() { done <- c.main(ctx, append([]string{"run"}, args...)) }()
-	timeout := time.After(10 * time.Second)
-	for missing := len(names); missing > 0; {
-		select {
-		case l := <-listening:
-			if _, dup := p.addrs[l.name]; dup {
-				t.Errorf("listener %q reported twice", l.name)
-			}
-			p.addrs[l.name] = l.addr.String()
-			for _, n := range names {
-				if n == l.name {
-					missing--
-				}
-			}
-		case err := <-done:
-			cancel()
-			t.Fatalf("mtlsproxy run %v: exited before listening: %v\nstderr:\n%s", args, err, p.stderr)
-		case <-timeout:
-			cancel()
-			t.Fatalf("mtlsproxy run %v: listeners %v not all up after 10s (have %v)\nstderr:\n%s", args, names, p.addrs, p.stderr)
-		}
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("mtlsproxy run exited with %v", err)
-			}
-		case <-time.After(35 * time.Second):
-			t.Errorf("mtlsproxy run did not stop")
-		}
-	})
-	return p
+	return startRunUntil(t, allOf(names), args...)
 }
 
 // opstResumedHeader is set by opstUpstream's default handler when the

@@ -7,7 +7,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -34,63 +33,13 @@ import (
 
 // rottProxy is "mtlsproxy run" started in-process, with the address of
 // every listener it reported.
-type rottProxy struct {
-	mu     sync.Mutex
-	addrs  map[string]string // listener name ("listen", "admin") -> host:port
-	stderr *syncBuffer
-}
+type rottProxy = inProcessRun
 
-func (p *rottProxy) addr(name string) string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.addrs[name]
-}
-
-// rottStart runs "mtlsproxy run args..." until the test ends, recording
-// every onListen(name, addr), and waits until each listener in names is up.
+// rottStart runs "mtlsproxy run args..." until the test ends and waits
+// until each listener in names is up.
 func rottStart(t *testing.T, names []string, args ...string) *rottProxy {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &rottProxy{addrs: map[string]string{}, stderr: &syncBuffer{}}
-	up := make(chan string, 16)
-	c := &cli{stdout: &syncBuffer{}, stderr: p.stderr, getenv: func(string) string { return "" },
-		onListen: func(name string, a net.Addr) {
-			p.mu.Lock()
-			p.addrs[name] = a.String()
-			p.mu.Unlock()
-			up <- name
-		}}
-	done := make(chan error, 1)
-	go func() { done <- c.main(ctx, append([]string{"run"}, args...)) }()
-	timeout := time.After(10 * time.Second)
-	for waiting := map[string]bool{}; len(waiting) < len(names); {
-		select {
-		case n := <-up:
-			for _, want := range names {
-				if n == want {
-					waiting[n] = true
-				}
-			}
-		case err := <-done:
-			cancel()
-			t.Fatalf("mtlsproxy run %v: exited before listening: %v\nstderr:\n%s", args, err, p.stderr)
-		case <-timeout:
-			cancel()
-			t.Fatalf("mtlsproxy run %v: listeners %v not all up after 10s\nstderr:\n%s", args, names, p.stderr)
-		}
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("mtlsproxy run exited with %v", err)
-			}
-		case <-time.After(35 * time.Second):
-			t.Errorf("mtlsproxy run did not stop")
-		}
-	})
-	return p
+	return startRunUntil(t, allOf(names), args...)
 }
 
 // rottUpstream is an httptest mTLS server that answers with the common name

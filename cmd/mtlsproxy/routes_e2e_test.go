@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -22,55 +21,14 @@ import (
 // cfgtRunning is "mtlsproxy run" started in-process with the address of
 // every listener, by name: "listen" for the main one, the gateway's name
 // for each gateway.
-type cfgtRunning struct {
-	addrs  map[string]string
-	stderr *syncBuffer
-}
+type cfgtRunning = inProcessRun
 
 // cfgtStartRun runs "mtlsproxy run args..." until the test ends and waits
 // for n listeners. Unlike startRun it records every listener, so gateways
 // can be reached too.
 func cfgtStartRun(t *testing.T, n int, args ...string) *cfgtRunning {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &cfgtRunning{addrs: map[string]string{}, stderr: &syncBuffer{}}
-	type named struct{ name, addr string }
-	// Buffered for every listener, admin included, so that run never
-	// blocks on the callback.
-	ready := make(chan named, n+1)
-	c := &cli{stdout: &syncBuffer{}, stderr: r.stderr, getenv: func(string) string { return "" },
-		onListen: func(name string, a net.Addr) {
-			select {
-			case ready <- named{name, a.String()}:
-			default:
-			}
-		}}
-	done := make(chan error, 1)
-	go func() { done <- c.main(ctx, append([]string{"run"}, args...)) }()
-	for len(r.addrs) < n {
-		select {
-		case l := <-ready:
-			r.addrs[l.name] = l.addr
-		case err := <-done:
-			cancel()
-			t.Fatalf("mtlsproxy run %v: exited before listening: %v\nstderr:\n%s", args, err, r.stderr)
-		case <-time.After(10 * time.Second):
-			cancel()
-			t.Fatalf("mtlsproxy run %v: %d of %d listeners after 10s\nstderr:\n%s", args, len(r.addrs), n, r.stderr)
-		}
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("mtlsproxy run exited with %v", err)
-			}
-		case <-time.After(35 * time.Second):
-			t.Errorf("mtlsproxy run did not stop")
-		}
-	})
-	return r
+	return startRunUntil(t, atLeast(n), args...)
 }
 
 // cfgtResponse is what a client got.
