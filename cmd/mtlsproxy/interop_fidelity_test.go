@@ -225,24 +225,7 @@ http {
 }
 `, env.port, q(env.pki.ServerCert), q(env.pki.ServerKey), q(env.pki.CAFile), q(filepath.Join(n.dir, "access.log")),
 		q(www), backend, backend, backend, backend)
-	conf := filepath.Join(n.dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-p", n.dir, "-c", conf, "-e", "stderr")
-	cmd.Stdout, cmd.Stderr = n.stderr, n.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start nginx: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	if err := waitTLS(nginxSite{Port: env.port, ServerCAs: env.pki.CA.Pool()}, exited); err != nil {
-		t.Fatalf("nginx on port %s: %v\nnginx output:\n%s\nconfig:\n%s", env.port, err, n.stderr, b.String())
-	}
+	n.run(t, bin, b.String(), nginxSite{Port: env.port, ServerCAs: env.pki.CA.Pool()})
 	return n
 }
 

@@ -721,8 +721,16 @@ func (n *nginxProcess) requests(uri string) int {
 func startNginx(t *testing.T, bin string, sites ...nginxSite) *nginxProcess {
 	t.Helper()
 	n := &nginxProcess{dir: t.TempDir(), stderr: &syncBuffer{}}
+	n.run(t, bin, nginxConfig(n.dir, bin, sites), sites...)
+	return n
+}
+
+// run writes config into n's directory, starts nginx with it until the
+// test ends, and waits until every site answers TLS.
+func (n *nginxProcess) run(t *testing.T, bin, config string, sites ...nginxSite) {
+	t.Helper()
 	conf := filepath.Join(n.dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(nginxConfig(n.dir, bin, sites)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-p", n.dir, "-c", conf, "-e", "stderr")
@@ -738,10 +746,9 @@ func startNginx(t *testing.T, bin string, sites ...nginxSite) *nginxProcess {
 	})
 	for _, s := range sites {
 		if err := waitTLS(s, exited); err != nil {
-			t.Fatalf("nginx on port %s: %v\nnginx output:\n%s\nconfig:\n%s", s.Port, err, n.stderr, nginxConfig(n.dir, bin, sites))
+			t.Fatalf("nginx on port %s: %v\nnginx output:\n%s\nconfig:\n%s", s.Port, err, n.stderr, config)
 		}
 	}
-	return n
 }
 
 // waitTLS waits until the site completes a TLS handshake.
