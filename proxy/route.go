@@ -223,15 +223,6 @@ func NewRoute(o RouteOptions) *Route {
 	return r
 }
 
-// Name is the route's name.
-func (r *Route) Name() string { return r.name }
-
-// Identity is the route's client identity, or nil.
-func (r *Route) Identity() *tlsconf.Identity { return r.identity }
-
-// Hosts are the route's host patterns.
-func (r *Route) Hosts() []HostPattern { return r.hosts }
-
 // TLSConfig returns the route's upstream TLS client configuration, for
 // callers that handshake outside the proxy (such as a pre-flight check).
 // It must not be modified.
