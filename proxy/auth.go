@@ -33,7 +33,11 @@ var dummy = sha256.Sum256([]byte("mtlsproxy: no such client"))
 // authenticate returns the caller's name from a Proxy-Authorization Basic
 // header, or "" and false. It never says which part was wrong.
 func (c Clients) authenticate(h http.Header) (string, bool) {
-	v := h.Get("Proxy-Authorization")
+	return c.authenticateValue(h.Get("Proxy-Authorization"))
+}
+
+// authenticateValue is authenticate for the Proxy-Authorization value v.
+func (c Clients) authenticateValue(v string) (string, bool) {
 	scheme, creds, ok := strings.Cut(v, " ")
 	if !ok || !strings.EqualFold(scheme, "Basic") {
 		return "", false

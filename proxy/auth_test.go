@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"sort"
 	"strings"
@@ -149,9 +148,7 @@ func hardNewAuthEnv(t *testing.T, mk func(env *hardAuthEnv, resolve Resolve) []R
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(p)
-	t.Cleanup(srv.Close)
-	u, _ := url.Parse(srv.URL)
+	u, _ := url.Parse(serveProxy(t, p))
 	env.tp = &testProxy{url: u, logs: logs, set: env.set}
 	return env
 }

@@ -3,7 +3,6 @@ package proxy
 import (
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"testing"
 
@@ -43,9 +42,7 @@ func benchForward(b *testing.B, size int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := httptest.NewServer(p)
-	defer srv.Close()
-	pu, _ := url.Parse(srv.URL)
+	pu, _ := url.Parse(serveProxy(b, p))
 	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu), MaxIdleConnsPerHost: 64}}
 	target := "http://api.internal:" + up.port + "/bench"
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -62,6 +63,12 @@ func (ex *exchange) gotConn(info httptrace.GotConnInfo) {
 // logAccess ends the exchange: it records its metrics and writes its
 // access-log line.
 func (p *Proxy) logAccess(ex *exchange, r *http.Request) {
+	p.logExchange(ex, r.Method, r.URL.Path, r.RemoteAddr, nil)
+}
+
+// logExchange is logAccess for a request known by its method, path and
+// client address; path, if nil, is rawPath unescaped.
+func (p *Proxy) logExchange(ex *exchange, method, path, remote string, rawPath []byte) {
 	elapsed := time.Since(ex.start)
 	rm := p.unrouted
 	if ex.route != nil {
@@ -80,11 +87,17 @@ func (p *Proxy) logAccess(ex *exchange, r *http.Request) {
 			identity = ex.route.identity.Name()
 		}
 	}
+	if rawPath != nil {
+		path = string(rawPath)
+		if u, err := url.PathUnescape(path); err == nil {
+			path = u
+		}
+	}
 	fp := logFields.Get().(*[]zap.Field)
 	fields := append((*fp)[:0],
-		zap.String("method", r.Method),
+		zap.String("method", method),
 		zap.String("host", ex.host),
-		zap.String("path", r.URL.Path),
+		zap.String("path", path),
 		zap.String("route", route),
 		zap.String("identity", identity),
 		zap.Int("status", ex.status),
@@ -94,7 +107,7 @@ func (p *Proxy) logAccess(ex *exchange, r *http.Request) {
 		zap.String("tls_version", tlsVersionName(ex.tlsVersion)),
 		zap.Bool("reused", ex.reused),
 		zap.String("error", ex.code),
-		zap.String("client", r.RemoteAddr),
+		zap.String("client", remote),
 		zap.String("caller", ex.client),
 	)
 	if ex.detail != "" {

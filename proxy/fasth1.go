@@ -79,18 +79,33 @@ func (f *fastH1) roundTrip(req *http.Request, ex *exchange) (*http.Response, err
 	} else if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(req.URL.Hostname(), "443")
 	}
+	return f.do(req.Context(), addr, (*stdHead)(req), req, ex)
+}
+
+// headWriter writes a bodiless request head to an upstream connection.
+type headWriter interface{ writeHead(bw *bufio.Writer) }
+
+// stdHead writes an *http.Request's head with writeRequestHead.
+type stdHead http.Request
+
+func (h *stdHead) writeHead(bw *bufio.Writer) { writeRequestHead(bw, (*http.Request)(h)) }
+
+// do sends the head hw writes to addr (host:port, the pool key) and reads
+// the response; rreq tells http.ReadResponse the method (a HEAD response
+// has no body) and whether the connection may be reused.
+func (f *fastH1) do(ctx context.Context, addr string, hw headWriter, rreq *http.Request, ex *exchange) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		pc, reused := f.get(addr)
 		if pc == nil {
 			var err error
-			if pc, err = f.dial(req.Context(), addr); err != nil {
+			if pc, err = f.dial(ctx, addr); err != nil {
 				return nil, err
 			}
 		}
 		if ex != nil {
 			ex.reused = reused
 		}
-		resp, err := f.exchange(pc, req, addr)
+		resp, err := f.exchange(ctx, pc, hw, rreq, addr)
 		if err == nil {
 			return resp, nil
 		}
@@ -98,7 +113,7 @@ func (f *fastH1) roundTrip(req *http.Request, ex *exchange) (*http.Response, err
 		// Retry only what means "the upstream had already closed this
 		// idle connection": nothing of the response was read.
 		stale := errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-		if !reused || attempt > 0 || !stale || req.Context().Err() != nil {
+		if !reused || attempt > 0 || !stale || ctx.Err() != nil {
 			return nil, err
 		}
 	}
@@ -119,14 +134,16 @@ func (f *fastH1) dial(ctx context.Context, addr string) (*h1Conn, error) {
 	return &h1Conn{tc: tc, br: bufio.NewReaderSize(tc, 4096), bw: bufio.NewWriterSize(tc, 4096), state: &cs}, nil
 }
 
-// exchange sends req on pc; addr (host:port, the pool key) is where pc
-// goes back to when it can be reused.
-func (f *fastH1) exchange(pc *h1Conn, req *http.Request, addr string) (*http.Response, error) {
-	ctx := req.Context()
+// exchange sends the head hw writes on pc; addr (host:port, the pool key)
+// is where pc goes back to when it can be reused.
+func (f *fastH1) exchange(ctx context.Context, pc *h1Conn, hw headWriter, req *http.Request, addr string) (*http.Response, error) {
 	// A client that goes away stops the wait for the upstream.
-	stop := context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(time.Unix(1, 0)) })
+	stop := noStop
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(time.Unix(1, 0)) })
+	}
 	defer stop()
-	writeRequestHead(pc.bw, req)
+	hw.writeHead(pc.bw)
 	if err := pc.bw.Flush(); err != nil {
 		return nil, err
 	}
@@ -170,6 +187,10 @@ func (f *fastH1) exchange(pc *h1Conn, req *http.Request, addr string) (*http.Res
 	resp.Body = &h1Body{f: f, pc: pc, body: resp.Body, key: addr, reusable: reusable}
 	return resp, nil
 }
+
+// noStop stands in for context.AfterFunc's stop when there is nothing to
+// stop.
+func noStop() bool { return true }
 
 // readError explains a failure to read the response head: the
 // response-header deadline, the client going away, or the connection's

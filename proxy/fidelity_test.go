@@ -107,10 +107,9 @@ func fidGateway(t testing.TB, set *pkitest.Set, up *fidUpstream, h2 bool) string
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(p)
-	t.Cleanup(srv.Close)
+	addr := strings.TrimPrefix(serveProxy(t, p), "http://")
 	t.Cleanup(route.CloseIdleConnections)
-	return srv.Listener.Addr().String()
+	return addr
 }
 
 // fidWithin runs f and fails the test if it does not return within d.

@@ -183,6 +183,9 @@ type framingKey struct{}
 // WithFramingConn is an http.Server ConnContext: it makes the connection's
 // FramingConn, if any, visible to the handler.
 func WithFramingConn(ctx context.Context, c net.Conn) context.Context {
+	if rc, ok := c.(*replayConn); ok {
+		c = rc.Conn
+	}
 	if fc, ok := c.(*FramingConn); ok {
 		return context.WithValue(ctx, framingKey{}, fc)
 	}

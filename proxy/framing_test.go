@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -73,13 +72,7 @@ func TestAmbiguousFramingRefused(t *testing.T) {
 	id := newTestProxy(t, set, []string{"api.internal"}, resolveTo(up.port, "api.internal:"+up.port))
 	// Serve the same Proxy behind a FramingListener, as the command does.
 	p := id.handler
-	srv := httptest.NewUnstartedServer(p)
-	srv.Listener = FramingListener{Listener: srv.Listener}
-	srv.Config.ConnContext = WithFramingConn
-	srv.Start()
-	defer srv.Close()
-
-	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	conn, err := net.Dial("tcp", strings.TrimPrefix(serveProxy(t, p), "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -70,6 +70,10 @@ type Proxy struct {
 	mitm     *tlsconf.LeafCache
 	strip    []string
 	self     map[string]bool
+	// gwTarget is the gateway upstream, when Server may send origin-form
+	// requests there itself (gwFast).
+	gwTarget target
+	gwFast   bool
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -106,6 +110,7 @@ func New(o Options) (*Proxy, error) {
 	}
 	p.clients, p.mitm = o.Clients, o.Mitm
 	p.strip = append([]string{"X-Forwarded-Client-Cert"}, o.StripHeaders...)
+	p.gwTarget, p.gwFast = gatewayTarget(o.Upstream)
 	p.self = map[string]bool{}
 	for _, a := range o.Self {
 		if host, port, err := net.SplitHostPort(a); err == nil {
@@ -269,6 +274,33 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 	hostport := net.JoinHostPort(host, port)
 	ex.host = hostport
 
+	route, perr := p.pick(host, port, ex)
+	if perr != nil {
+		return nil, perr
+	}
+
+	r.URL.Scheme = "https"
+	r.URL.Host = stripDefaultPort(hostport, "443")
+	r.Host = ""
+	r.RequestURI = "" // set on server requests; a client request must not have it
+	// A client's "Connection: close" is about its own connection; passed on,
+	// it would close the pooled upstream connection and cost a handshake.
+	r.Close = false
+	removeHopHeaders(r.Header, isUpgrade(r.Header))
+	for _, h := range p.strip {
+		r.Header.Del(h)
+	}
+	if p.via != "" {
+		addVia(r.Header, r.ProtoMajor, r.ProtoMinor, p.via)
+	}
+	return route, nil
+}
+
+// pick chooses the route for host:port (normalized; the port already
+// mapped from 80 to 443) and records it in ex, or explains why the
+// request may not go there.
+func (p *Proxy) pick(host, port string, ex *exchange) (*Route, *proxyError) {
+	hostport := ex.host
 	if p.isSelf(host, port) {
 		return nil, &proxyError{status: http.StatusLoopDetected, code: CodeBadRequest,
 			msg: fmt.Sprintf("request for %s loops back to mtlsproxy itself; send it to the upstream's name instead", hostport)}
@@ -296,21 +328,6 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 		return nil, &proxyError{status: http.StatusServiceUnavailable, code: CodeIdentityUnavailable,
 			msg: fmt.Sprintf("identity %q is outside its validity period (%s to %s): renew the client certificate",
 				id.Name(), leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))}
-	}
-
-	r.URL.Scheme = "https"
-	r.URL.Host = stripDefaultPort(hostport, "443")
-	r.Host = ""
-	r.RequestURI = "" // set on server requests; a client request must not have it
-	// A client's "Connection: close" is about its own connection; passed on,
-	// it would close the pooled upstream connection and cost a handshake.
-	r.Close = false
-	removeHopHeaders(r.Header, isUpgrade(r.Header))
-	for _, h := range p.strip {
-		r.Header.Del(h)
-	}
-	if p.via != "" {
-		addVia(r.Header, r.ProtoMajor, r.ProtoMinor, p.via)
 	}
 	return route, nil
 }

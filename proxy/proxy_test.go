@@ -98,9 +98,7 @@ func newTestProxy(t testing.TB, set *pkitest.Set, allow []string, mod func(*Rout
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(p)
-	t.Cleanup(srv.Close)
-	u, _ := url.Parse(srv.URL)
+	u, _ := url.Parse(serveProxy(t, p))
 	return &testProxy{url: u, logs: logs, set: set, handler: p}
 }
 

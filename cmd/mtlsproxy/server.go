@@ -55,6 +55,30 @@ type listener struct {
 	name string
 	ln   net.Listener
 	srv  *http.Server
+	// front, on proxy listeners, takes simple requests itself and hands
+	// the other connections to srv.
+	front *proxy.Server
+}
+
+func (l *listener) serve() error {
+	if l.front != nil {
+		return l.front.Serve(l.ln)
+	}
+	return l.srv.Serve(l.ln)
+}
+
+func (l *listener) shutdown(ctx context.Context) error {
+	if l.front != nil {
+		return l.front.Shutdown(ctx)
+	}
+	return l.srv.Shutdown(ctx)
+}
+
+func (l *listener) close() error {
+	if l.front != nil {
+		return l.front.Close()
+	}
+	return l.srv.Close()
 }
 
 // serve runs the proxy described by pl until ctx ends, then drains it.
@@ -120,7 +144,7 @@ func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) e
 	}
 	for _, l := range all {
 		go func() {
-			if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := l.serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("%s %s: %w", l.name, listenName(l.ln.Addr()), err)
 			}
 		}()
@@ -220,6 +244,7 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 			return fmt.Errorf("%s: %w", t.l.name, err)
 		}
 		t.l.srv.Handler = h
+		t.l.front = &proxy.Server{Proxy: h, HTTP: t.l.srv, Metrics: rt.metrics}
 	}
 	if pl.admin != "" {
 		h := admin.Handler(admin.Options{Ready: rt.ready, Gatherer: rt.reg, Level: pl.level, Pprof: pl.pprof})
@@ -305,9 +330,9 @@ func (rt *proxyRuntime) drain() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := l.srv.Shutdown(ctx); err != nil {
+			if err := l.shutdown(ctx); err != nil {
 				rt.logger.Warn("shutdown timeout reached; closing the remaining connections", zap.String("listener", l.name))
-				_ = l.srv.Close()
+				_ = l.close()
 			}
 		}()
 	}

@@ -1,0 +1,600 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Server serves a Proxy on a plain-HTTP listener.
+//
+// Go's HTTP server spends more per request than the forwarding itself: a
+// goroutine and a read syscall for the background read after every
+// request, a context, a header map and a response writer. So Server reads
+// each connection's requests itself and answers the common, simple ones
+// on the connection's goroutine: an HTTP/1.1 GET or HEAD without a body,
+// with a clean head that fits in 4 KiB, routed to an upstream that speaks
+// HTTP/1.1. The upstream request is written from the bytes received,
+// with the same changes the goproxy path makes (hop-by-hop and stripped
+// headers removed, Via added).
+//
+// The first request Server does not take itself (a body, CONNECT, an
+// upgrade, HTTP/1.0, anything unusual in the head, any error the proxy
+// answers itself) hands the whole connection, with the bytes already
+// read, to HTTP: Go's server running the Proxy through goproxy, which
+// keeps the connection from then on. Both paths route, authenticate, log
+// and count the same way.
+type Server struct {
+	// Proxy routes and logs the requests Server takes itself.
+	Proxy *Proxy
+	// HTTP serves the connections handed over. Its Handler serves the
+	// same Proxy. Its ReadHeaderTimeout and IdleTimeout apply to the
+	// connections Server keeps, too; ConnState sees only the ones handed
+	// over.
+	HTTP *http.Server
+	// Metrics counts the open connections Server keeps. It may be nil.
+	Metrics *Metrics
+
+	mu        sync.Mutex
+	handoff   *handoffListener
+	conns     map[*frontConn]struct{}
+	listeners map[net.Listener]struct{}
+	shutdown  atomic.Bool
+	active    sync.WaitGroup
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = http.ErrServerClosed
+
+// Serve accepts connections on ln until Shutdown or Close, and returns
+// ErrServerClosed then.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown.Load() {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return ErrServerClosed
+	}
+	if s.handoff == nil {
+		s.listeners = map[net.Listener]struct{}{}
+		s.conns = map[*frontConn]struct{}{}
+		s.handoff = &handoffListener{addr: ln.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
+		go func() { _ = s.HTTP.Serve(s.handoff) }()
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.shutdown.Load() {
+				return ErrServerClosed
+			}
+			// Out of file descriptors and the like: wait and go on, as
+			// Go's server does.
+			if ne, ok := err.(net.Error); ok && ne.Temporary() { //nolint:staticcheck // what net/http checks too
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.Proxy.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("delay", delay))
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		fc := &frontConn{s: s, c: c}
+		if f, ok := c.(*FramingConn); ok {
+			fc.framing = f
+		}
+		s.mu.Lock()
+		if s.shutdown.Load() {
+			s.mu.Unlock()
+			_ = c.Close()
+			return ErrServerClosed
+		}
+		s.conns[fc] = struct{}{}
+		s.active.Add(1)
+		s.mu.Unlock()
+		if s.Metrics != nil {
+			s.Metrics.openConns.Inc()
+		}
+		go fc.serve()
+	}
+}
+
+// Shutdown stops accepting, closes idle connections, lets requests in
+// progress finish, and waits for them (and for HTTP's Shutdown) until ctx
+// ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stop()
+	errc := make(chan error, 1)
+	go func() { errc <- s.httpShutdown(ctx) }()
+	done := make(chan struct{})
+	go func() {
+		s.active.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-errc
+}
+
+func (s *Server) httpShutdown(ctx context.Context) error {
+	s.mu.Lock()
+	started := s.handoff != nil
+	s.mu.Unlock()
+	if !started {
+		return nil
+	}
+	return s.HTTP.Shutdown(ctx)
+}
+
+// stop marks the server as shutting down, closes its listeners and wakes
+// idle connections so that they close.
+func (s *Server) stop() {
+	s.mu.Lock()
+	s.shutdown.Store(true)
+	for ln := range s.listeners {
+		_ = ln.Close()
+	}
+	for fc := range s.conns {
+		if fc.state.CompareAndSwap(stateIdle, stateClosing) {
+			_ = fc.c.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
+	if s.handoff != nil {
+		s.handoff.close()
+	}
+	s.mu.Unlock()
+}
+
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	s.stop()
+	s.mu.Lock()
+	for fc := range s.conns {
+		_ = fc.c.Close()
+	}
+	started := s.handoff != nil
+	s.mu.Unlock()
+	if started {
+		return s.HTTP.Close()
+	}
+	return nil
+}
+
+// handoffListener gives HTTP the connections Server hands over.
+type handoffListener struct {
+	addr  net.Addr
+	conns chan net.Conn
+	once  sync.Once
+	done  chan struct{}
+}
+
+func (l *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoffListener) Close() error { l.close(); return nil }
+
+func (l *handoffListener) close() { l.once.Do(func() { close(l.done) }) }
+
+func (l *handoffListener) Addr() net.Addr { return l.addr }
+
+// deliver passes c to HTTP, or closes it if HTTP has stopped.
+func (l *handoffListener) deliver(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		_ = c.Close()
+	}
+}
+
+// replayConn is a handed-over connection: it first returns the bytes
+// Server had already read.
+type replayConn struct {
+	net.Conn
+	buf []byte
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.buf) > 0 {
+		n := copy(p, c.buf)
+		c.buf = c.buf[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes, for tunnels, when the connection supports it.
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// CloseRead half-closes the read side when the connection supports it.
+func (c *replayConn) CloseRead() error {
+	if cr, ok := c.Conn.(interface{ CloseRead() error }); ok {
+		return cr.CloseRead()
+	}
+	return nil
+}
+
+const (
+	stateIdle int32 = iota
+	stateActive
+	stateClosing
+)
+
+// frontBufSize bounds a request head Server takes itself; a longer one is
+// handed over (Go's server allows 64 KiB and answers 431 past that).
+const frontBufSize = 4 << 10
+
+// frontConn is one client connection kept by Server.
+type frontConn struct {
+	s       *Server
+	c       net.Conn
+	framing *FramingConn
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	remote  string
+	state   atomic.Int32
+	req     frontReq
+
+	// The last authority and credentials seen, with what they gave:
+	// clients send the same ones on every request of a connection.
+	lastAuthority []byte
+	lastTarget    target
+	lastCreds     []byte
+	lastClient    string
+}
+
+// target is where an absolute-form authority (or the gateway upstream)
+// leads.
+type target struct {
+	host, port string // normalized; port 80 already mapped to 443
+	hostport   string // host:port, the pool key
+	hostHeader string // the Host header sent upstream
+}
+
+func (fc *frontConn) serve() {
+	s := fc.s
+	handed := false
+	defer func() {
+		if v := recover(); v != nil {
+			s.Proxy.log.Error("panic while handling a request", zap.Any("panic", v), zap.Stack("stack"))
+		}
+		if !handed {
+			_ = fc.c.Close()
+			if s.Metrics != nil {
+				s.Metrics.openConns.Dec()
+			}
+		}
+		s.mu.Lock()
+		delete(s.conns, fc)
+		s.mu.Unlock()
+		s.active.Done()
+	}()
+	fc.remote = fc.c.RemoteAddr().String()
+	fc.br = bufio.NewReaderSize(fc.c, frontBufSize)
+	hdrTimeout := s.HTTP.ReadHeaderTimeout
+	idleTimeout := s.HTTP.IdleTimeout
+	if idleTimeout == 0 {
+		idleTimeout = hdrTimeout
+	}
+	for first := true; ; first = false {
+		if t := idleTimeout; !first && t > 0 {
+			_ = fc.c.SetReadDeadline(time.Now().Add(t))
+		} else if first && hdrTimeout > 0 {
+			_ = fc.c.SetReadDeadline(time.Now().Add(hdrTimeout))
+		}
+		if _, err := fc.br.Peek(1); err != nil {
+			return
+		}
+		if !fc.state.CompareAndSwap(stateIdle, stateActive) {
+			return // shutting down
+		}
+		if !first && hdrTimeout > 0 {
+			_ = fc.c.SetReadDeadline(time.Now().Add(hdrTimeout))
+		}
+		n, err := fc.readHead()
+		if err != nil {
+			return // the client went away or was too slow: as Go's server, just close
+		}
+		keep, take := fc.handle(n)
+		if !take {
+			handed = true
+			fc.handOver()
+			return
+		}
+		fc.state.Store(stateIdle)
+		if !keep || s.shutdown.Load() {
+			return
+		}
+	}
+}
+
+var headEnd = []byte("\r\n\r\n")
+
+// readHead waits until a whole request head is buffered and returns its
+// length, or 0 if it does not fit (the head is then handed over).
+func (fc *frontConn) readHead() (int, error) {
+	for {
+		buf, _ := fc.br.Peek(fc.br.Buffered())
+		if i := bytes.Index(buf, headEnd); i >= 0 {
+			return i + len(headEnd), nil
+		}
+		if len(buf) == fc.br.Size() {
+			return 0, nil
+		}
+		if _, err := fc.br.Peek(len(buf) + 1); err != nil {
+			if len(buf) > 0 && !isTimeout(err) && errors.Is(err, io.EOF) {
+				return 0, nil // a partial head: Go's server says what is wrong with it
+			}
+			return 0, err
+		}
+	}
+}
+
+// handOver passes the connection and what was read of it to HTTP.
+func (fc *frontConn) handOver() {
+	s := fc.s
+	if s.Metrics != nil {
+		s.Metrics.openConns.Dec() // HTTP's ConnState counts it from here
+	}
+	buffered, _ := fc.br.Peek(fc.br.Buffered())
+	rc := &replayConn{Conn: fc.c, buf: bytes.Clone(buffered)}
+	s.handoff.deliver(rc)
+}
+
+// handle serves the request whose head is the first n buffered bytes.
+// take is false if the request is left to HTTP (nothing has been read or
+// written for it yet); keep is false if the connection must close.
+func (fc *frontConn) handle(n int) (keep, take bool) {
+	if n == 0 {
+		return false, false
+	}
+	p := fc.s.Proxy
+	head, _ := fc.br.Peek(n)
+	r := &fc.req
+	if !r.parse(head, p) {
+		return false, false
+	}
+	ex := &exchange{start: time.Now(), gateway: r.gateway}
+	var tg *target
+	if r.gateway {
+		tg = &p.gwTarget
+	} else {
+		if !bytes.Equal(r.authority, fc.lastAuthority) || fc.lastAuthority == nil {
+			t, ok := parseAuthority(r.authority)
+			if !ok {
+				return false, false
+			}
+			fc.lastAuthority = append(fc.lastAuthority[:0], r.authority...)
+			fc.lastTarget = t
+		}
+		tg = &fc.lastTarget
+	}
+	if len(p.clients) > 0 {
+		if r.creds == nil {
+			return false, false
+		}
+		if fc.lastCreds == nil || !bytes.Equal(r.creds, fc.lastCreds) {
+			name, ok := p.clients.authenticateValue(string(r.creds))
+			if !ok {
+				return false, false
+			}
+			fc.lastCreds = append(fc.lastCreds[:0], r.creds...)
+			fc.lastClient = name
+		}
+		ex.client = fc.lastClient
+	}
+	ex.host = tg.hostport
+	route, perr := p.pick(tg.host, tg.port, ex)
+	if perr != nil {
+		return false, false
+	}
+	fast := route.conns.Load().fast
+	if fast.h2.Load() {
+		return false, false
+	}
+	r.hostHeader = tg.hostHeader
+	if ce := p.log.Check(zap.DebugLevel, "forwarding"); ce != nil {
+		ce.Write(zap.String("method", r.method), zap.String("upstream", tg.hostHeader), zap.ByteString("path", r.path),
+			zap.String("route", route.name), zap.Bool("gateway", ex.gateway))
+	}
+	rreq := getRequest
+	if r.method == http.MethodHead {
+		rreq = headRequest
+	}
+	resp, err := fast.do(context.Background(), tg.hostport, r, rreq, ex)
+	if err == errFallback {
+		// The upstream chose HTTP/2 just now; nothing was sent. The
+		// goproxy path speaks it.
+		return false, false
+	}
+	// From here on the request is ours.
+	if fc.framing != nil {
+		fc.framing.next() // false: the head has neither Content-Length nor Transfer-Encoding
+	}
+	fc.br.Discard(n)
+	closeAfter := r.close || fc.s.shutdown.Load()
+	if err != nil {
+		perr := classifyUpstreamError(err, ex.host)
+		ex.fail(perr, err)
+		ex.status = perr.status
+		keep = fc.writeError(perr, closeAfter) && !closeAfter
+		p.logExchange(ex, r.method, "", fc.remote, r.path)
+		return keep, true
+	}
+	keep = fc.writeResponse(resp, ex, r.method == http.MethodHead, closeAfter, p.via) && !closeAfter
+	p.logExchange(ex, r.method, "", fc.remote, r.path)
+	return keep, true
+}
+
+// Static requests tell http.ReadResponse the method of a request Server
+// sent itself.
+var (
+	getRequest  = &http.Request{Method: http.MethodGet}
+	headRequest = &http.Request{Method: http.MethodHead}
+)
+
+func (fc *frontConn) writer() *bufio.Writer {
+	if fc.bw == nil {
+		fc.bw = bufio.NewWriterSize(fc.c, frontBufSize)
+	}
+	return fc.bw
+}
+
+// writeError answers with perr; it reports whether the connection is
+// still usable.
+func (fc *frontConn) writeError(perr *proxyError, closeAfter bool) bool {
+	body := perr.body()
+	bw := fc.writer()
+	writeStatusLine(bw, perr.status)
+	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n")
+	bw.WriteString(ErrorHeader + ": " + perr.code + "\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(body)))
+	if closeAfter {
+		bw.WriteString("\r\nConnection: close")
+	}
+	bw.WriteString("\r\n\r\n")
+	bw.WriteString(body)
+	return bw.Flush() == nil
+}
+
+func writeStatusLine(bw *bufio.Writer, code int) {
+	var b [3]byte
+	bw.WriteString("HTTP/1.1 ")
+	bw.Write(strconv.AppendInt(b[:0], int64(code), 10))
+	bw.WriteByte(' ')
+	if text := http.StatusText(code); text != "" {
+		bw.WriteString(text)
+	} else {
+		bw.WriteString("status code ")
+		bw.Write(strconv.AppendInt(b[:0], int64(code), 10))
+	}
+	bw.WriteString("\r\n")
+}
+
+// writeResponse copies resp to the client, flushing whenever the upstream
+// has nothing more buffered, so that streamed responses flow. It reports
+// whether the connection is still usable.
+func (fc *frontConn) writeResponse(resp *http.Response, ex *exchange, isHead, closeAfter bool, via string) bool {
+	ex.status = resp.StatusCode
+	if resp.TLS != nil {
+		ex.tlsVersion = resp.TLS.Version
+	}
+	removeHopHeaders(resp.Header, false)
+	if via != "" {
+		addVia(resp.Header, resp.ProtoMajor, resp.ProtoMinor, via)
+	}
+	code := resp.StatusCode
+	bodyless := isHead || code == http.StatusNoContent || code == http.StatusNotModified
+	chunked := !bodyless && resp.ContentLength < 0
+	bw := fc.writer()
+	writeStatusLine(bw, code)
+	for k, vs := range resp.Header {
+		if k == "Content-Length" && (!bodyless || code == http.StatusNoContent) {
+			continue
+		}
+		for _, v := range vs {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	switch {
+	case chunked:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	case !bodyless:
+		var b [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(b[:0], resp.ContentLength, 10))
+		bw.WriteString("\r\n")
+	}
+	if closeAfter {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	if bodyless || resp.ContentLength == 0 {
+		_ = resp.Body.Close()
+		return bw.Flush() == nil
+	}
+	hb, _ := resp.Body.(*h1Body)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			ex.bytesOut += int64(n)
+			if chunked {
+				var b [16]byte
+				bw.Write(strconv.AppendInt(b[:0], int64(n), 16))
+				bw.WriteString("\r\n")
+			}
+			_, werr := bw.Write(buf[:n])
+			if chunked {
+				bw.WriteString("\r\n")
+			}
+			if werr != nil {
+				_ = resp.Body.Close()
+				return false
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			// The upstream broke off: the client sees a short body and a
+			// closed connection, as it would from the upstream itself.
+			_ = resp.Body.Close()
+			_ = bw.Flush()
+			ex.detail = "upstream body: " + rerr.Error()
+			return false
+		}
+		// Flush before a read that would wait for the upstream.
+		if hb == nil || hb.pc.br.Buffered() == 0 {
+			if bw.Flush() != nil {
+				_ = resp.Body.Close()
+				return false
+			}
+		}
+	}
+	_ = resp.Body.Close()
+	if chunked {
+		bw.WriteString("0\r\n")
+		// Trailers are known once the body has been read.
+		for k, vs := range resp.Trailer {
+			for _, v := range vs {
+				bw.WriteString(k)
+				bw.WriteString(": ")
+				bw.WriteString(v)
+				bw.WriteString("\r\n")
+			}
+		}
+		bw.WriteString("\r\n")
+	}
+	return bw.Flush() == nil
+}
