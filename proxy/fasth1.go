@@ -94,29 +94,80 @@ func (h *stdHead) writeHead(bw *bufio.Writer) { writeRequestHead(bw, (*http.Requ
 // the response; rreq tells http.ReadResponse the method (a HEAD response
 // has no body) and whether the connection may be reused.
 func (f *fastH1) do(ctx context.Context, addr string, hw headWriter, rreq *http.Request, ex *exchange) (*http.Response, error) {
+	pc, stop, err := f.open(ctx, addr, hw, ex)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := f.readResponse(pc, rreq)
+	if !stop() {
+		// The client went away and cut the deadline: the connection is
+		// spoiled.
+		_ = pc.tc.Close()
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		_ = pc.tc.Close()
+		return nil, readError(ctx, err)
+	}
+	f.attach(resp, pc, addr, !rreq.Close)
+	return resp, nil
+}
+
+// open sends the head hw writes to addr on a pooled or new connection
+// and waits for the first byte of the answer. A pooled connection that
+// the upstream had closed meanwhile is retried once on a new one: the
+// requests taken here are idempotent. Until stop is called, ctx ending
+// cuts the connection's deadline.
+func (f *fastH1) open(ctx context.Context, addr string, hw headWriter, ex *exchange) (_ *h1Conn, stop func() bool, _ error) {
 	for attempt := 0; ; attempt++ {
 		pc, reused := f.get(addr)
 		if pc == nil {
 			var err error
 			if pc, err = f.dial(ctx, addr); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		if ex != nil {
 			ex.reused = reused
 		}
-		resp, err := f.exchange(ctx, pc, hw, rreq, addr)
-		if err == nil {
-			return resp, nil
+		stop := noStop
+		if ctx.Done() != nil {
+			// A client that goes away stops the wait for the upstream.
+			stop = context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(time.Unix(1, 0)) })
 		}
+		err := f.sendHead(pc, hw)
+		if err == nil {
+			return pc, stop, nil
+		}
+		stop()
 		_ = pc.tc.Close()
 		// Retry only what means "the upstream had already closed this
 		// idle connection": nothing of the response was read.
 		stale := errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 		if !reused || attempt > 0 || !stale || ctx.Err() != nil {
-			return nil, err
+			return nil, nil, readError(ctx, err)
 		}
 	}
+}
+
+// sendHead writes the head on pc and waits for the first byte of the
+// answer, up to the response-header timeout.
+func (f *fastH1) sendHead(pc *h1Conn, hw headWriter) error {
+	hw.writeHead(pc.bw)
+	if err := pc.bw.Flush(); err != nil {
+		return err
+	}
+	_ = pc.tc.SetReadDeadline(time.Now().Add(f.route.timeouts.ResponseHeader))
+	// A pooled connection the upstream has closed meanwhile answers with
+	// EOF (or a reset) before the first byte: say so plainly, so that the
+	// caller retries on a new connection.
+	if _, err := pc.br.Peek(1); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = io.EOF
+		}
+		return err
+	}
+	return nil
 }
 
 func (f *fastH1) dial(ctx context.Context, addr string) (*h1Conn, error) {
@@ -134,58 +185,37 @@ func (f *fastH1) dial(ctx context.Context, addr string) (*h1Conn, error) {
 	return &h1Conn{tc: tc, br: bufio.NewReaderSize(tc, 4096), bw: bufio.NewWriterSize(tc, 4096), state: &cs}, nil
 }
 
-// exchange sends the head hw writes on pc; addr (host:port, the pool key)
-// is where pc goes back to when it can be reused.
-func (f *fastH1) exchange(ctx context.Context, pc *h1Conn, hw headWriter, req *http.Request, addr string) (*http.Response, error) {
-	// A client that goes away stops the wait for the upstream.
-	stop := noStop
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(time.Unix(1, 0)) })
-	}
-	defer stop()
-	hw.writeHead(pc.bw)
-	if err := pc.bw.Flush(); err != nil {
-		return nil, err
-	}
-	_ = pc.tc.SetReadDeadline(time.Now().Add(f.route.timeouts.ResponseHeader))
-	// A pooled connection the upstream has closed meanwhile answers with
-	// EOF (or a reset) before the first byte: say so plainly, so that the
-	// caller retries on a new connection.
-	if _, err := pc.br.Peek(1); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			err = io.EOF
-		}
-		return nil, readError(ctx, err)
-	}
-	var resp *http.Response
+// readResponse reads the response to req from pc, skipping
+// informational answers (103 Early Hints). Its body still reads from pc:
+// see attach.
+func (f *fastH1) readResponse(pc *h1Conn, req *http.Request) (*http.Response, error) {
 	for {
-		var err error
-		resp, err = http.ReadResponse(pc.br, req)
+		resp, err := http.ReadResponse(pc.br, req)
 		if err != nil {
-			return nil, readError(ctx, err)
+			return nil, err
 		}
-		// Informational answers (103 Early Hints) precede the real one.
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			continue
 		}
-		break
+		_ = pc.tc.SetReadDeadline(time.Time{})
+		resp.TLS = pc.state
+		return resp, nil
 	}
-	if !stop() {
-		return nil, ctx.Err() // the deadline was cut: the connection is spoiled
-	}
-	_ = pc.tc.SetReadDeadline(time.Time{})
-	resp.TLS = pc.state
-	reusable := !resp.Close && !req.Close
+}
+
+// attach gives pc back to the pool at addr once resp's body has been read,
+// unless either side asked to close it.
+func (f *fastH1) attach(resp *http.Response, pc *h1Conn, addr string, reusable bool) {
+	reusable = reusable && !resp.Close
 	if resp.Body == http.NoBody || resp.Body == nil {
 		if reusable {
 			f.put(addr, pc)
 		} else {
 			_ = pc.tc.Close()
 		}
-		return resp, nil
+		return
 	}
 	resp.Body = &h1Body{f: f, pc: pc, body: resp.Body, key: addr, reusable: reusable}
-	return resp, nil
 }
 
 // noStop stands in for context.AfterFunc's stop when there is nothing to

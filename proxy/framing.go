@@ -181,11 +181,9 @@ func (f *FramingConn) endHead() {
 type framingKey struct{}
 
 // WithFramingConn is an http.Server ConnContext: it makes the connection's
-// FramingConn, if any, visible to the handler.
+// FramingConn, if any, visible to the handler. Server wraps the
+// connections it hands over in one.
 func WithFramingConn(ctx context.Context, c net.Conn) context.Context {
-	if rc, ok := c.(*replayConn); ok {
-		c = rc.Conn
-	}
 	if fc, ok := c.(*FramingConn); ok {
 		return context.WithValue(ctx, framingKey{}, fc)
 	}
@@ -198,18 +196,6 @@ func WithFramingConn(ctx context.Context, c net.Conn) context.Context {
 func AmbiguousFraming(ctx context.Context) bool {
 	fc, ok := ctx.Value(framingKey{}).(*FramingConn)
 	return ok && fc.next()
-}
-
-// FramingListener wraps every accepted connection in a FramingConn.
-type FramingListener struct{ net.Listener }
-
-// Accept implements net.Listener.
-func (l FramingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return NewFramingConn(c), nil
 }
 
 // CloseWrite half-closes, for tunnels, when the connection supports it.

@@ -70,7 +70,6 @@ func TestAmbiguousFramingRefused(t *testing.T) {
 		fmt.Fprintf(w, "got %q", b)
 	})
 	id := newTestProxy(t, set, []string{"api.internal"}, resolveTo(up.port, "api.internal:"+up.port))
-	// Serve the same Proxy behind a FramingListener, as the command does.
 	p := id.handler
 	conn, err := net.Dial("tcp", strings.TrimPrefix(serveProxy(t, p), "http://"))
 	if err != nil {

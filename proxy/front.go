@@ -40,7 +40,8 @@ type Server struct {
 	// HTTP serves the connections handed over. Its Handler serves the
 	// same Proxy. Its ReadHeaderTimeout and IdleTimeout apply to the
 	// connections Server keeps, too; ConnState sees only the ones handed
-	// over.
+	// over. If its ConnContext is nil, Serve sets it to WithFramingConn,
+	// so that the Proxy refuses requests with ambiguous framing.
 	HTTP *http.Server
 	// Metrics counts the open connections Server keeps. It may be nil.
 	Metrics *Metrics
@@ -66,6 +67,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		return ErrServerClosed
 	}
 	if s.handoff == nil {
+		if s.HTTP.ConnContext == nil {
+			s.HTTP.ConnContext = WithFramingConn
+		}
 		s.listeners = map[net.Listener]struct{}{}
 		s.conns = map[*frontConn]struct{}{}
 		s.handoff = &handoffListener{addr: ln.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
@@ -91,10 +95,8 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		delay = 0
-		fc := &frontConn{s: s, c: c}
-		if f, ok := c.(*FramingConn); ok {
-			fc.framing = f
-		}
+		fc := frontConns.Get().(*frontConn)
+		fc.s, fc.c = s, c
 		s.mu.Lock()
 		if s.shutdown.Load() {
 			s.mu.Unlock()
@@ -253,19 +255,22 @@ const frontBufSize = 4 << 10
 type frontConn struct {
 	s       *Server
 	c       net.Conn
-	framing *FramingConn
 	br      *bufio.Reader
 	bw      *bufio.Writer
+	bwSet   bool // bw writes to c
 	remote  string
 	state   atomic.Int32
 	req     frontReq
 
 	// The last authority and credentials seen, with what they gave:
-	// clients send the same ones on every request of a connection.
+	// clients send the same ones on every request of a connection. The
+	// flags say whether they are set.
 	lastAuthority []byte
 	lastTarget    target
+	authorityOK   bool
 	lastCreds     []byte
 	lastClient    string
+	credsOK       bool
 }
 
 // target is where an absolute-form authority (or the gateway upstream)
@@ -293,9 +298,10 @@ func (fc *frontConn) serve() {
 		delete(s.conns, fc)
 		s.mu.Unlock()
 		s.active.Done()
+		fc.release()
 	}()
 	fc.remote = fc.c.RemoteAddr().String()
-	fc.br = bufio.NewReaderSize(fc.c, frontBufSize)
+	fc.br.Reset(fc.c)
 	hdrTimeout := s.HTTP.ReadHeaderTimeout
 	idleTimeout := s.HTTP.IdleTimeout
 	if idleTimeout == 0 {
@@ -313,12 +319,16 @@ func (fc *frontConn) serve() {
 		if !fc.state.CompareAndSwap(stateIdle, stateActive) {
 			return // shutting down
 		}
-		if !first && hdrTimeout > 0 {
-			_ = fc.c.SetReadDeadline(time.Now().Add(hdrTimeout))
-		}
-		n, err := fc.readHead()
-		if err != nil {
-			return // the client went away or was too slow: as Go's server, just close
+		n := fc.bufferedHead()
+		if n < 0 {
+			// The head is still arriving: give it ReadHeaderTimeout.
+			if !first && hdrTimeout > 0 {
+				_ = fc.c.SetReadDeadline(time.Now().Add(hdrTimeout))
+			}
+			var err error
+			if n, err = fc.readHead(); err != nil {
+				return // the client went away or was too slow: as Go's server, just close
+			}
 		}
 		keep, take := fc.handle(n)
 		if !take {
@@ -333,20 +343,50 @@ func (fc *frontConn) serve() {
 	}
 }
 
-var headEnd = []byte("\r\n\r\n")
+// headLen finds the end of the head at the start of buf: its length, or
+// -1 if it is not all there, or 0 if a line ends in a bare LF (which Go's
+// reader accepts and Server leaves to it).
+func headLen(buf []byte) int {
+	start := 0
+	for {
+		i := bytes.IndexByte(buf[start:], '\n')
+		if i < 0 {
+			return -1
+		}
+		i += start
+		if i == 0 || buf[i-1] != '\r' {
+			return 0
+		}
+		if i == start+1 && start > 0 {
+			return i + 1 // an empty line ends the head
+		}
+		start = i + 1
+	}
+}
+
+// bufferedHead returns the length of the request head if it is all
+// buffered (0: leave it to Go's server), or -1.
+func (fc *frontConn) bufferedHead() int {
+	buf, _ := fc.br.Peek(fc.br.Buffered())
+	return headLen(buf)
+}
 
 // readHead waits until a whole request head is buffered and returns its
-// length, or 0 if it does not fit (the head is then handed over).
+// length, or 0 if it is to be handed over (too long, bare LFs).
 func (fc *frontConn) readHead() (int, error) {
+	return readHead(fc.br)
+}
+
+func readHead(br *bufio.Reader) (int, error) {
 	for {
-		buf, _ := fc.br.Peek(fc.br.Buffered())
-		if i := bytes.Index(buf, headEnd); i >= 0 {
-			return i + len(headEnd), nil
+		buf, _ := br.Peek(br.Buffered())
+		if n := headLen(buf); n >= 0 {
+			return n, nil
 		}
-		if len(buf) == fc.br.Size() {
+		if len(buf) == br.Size() {
 			return 0, nil
 		}
-		if _, err := fc.br.Peek(len(buf) + 1); err != nil {
+		if _, err := br.Peek(len(buf) + 1); err != nil {
 			if len(buf) > 0 && !isTimeout(err) && errors.Is(err, io.EOF) {
 				return 0, nil // a partial head: Go's server says what is wrong with it
 			}
@@ -362,8 +402,9 @@ func (fc *frontConn) handOver() {
 		s.Metrics.openConns.Dec() // HTTP's ConnState counts it from here
 	}
 	buffered, _ := fc.br.Peek(fc.br.Buffered())
-	rc := &replayConn{Conn: fc.c, buf: bytes.Clone(buffered)}
-	s.handoff.deliver(rc)
+	// The Proxy learns from the FramingConn which requests carried both
+	// Content-Length and Transfer-Encoding; it starts at this request.
+	s.handoff.deliver(NewFramingConn(&replayConn{Conn: fc.c, buf: bytes.Clone(buffered)}))
 }
 
 // handle serves the request whose head is the first n buffered bytes.
@@ -384,27 +425,28 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 	if r.gateway {
 		tg = &p.gwTarget
 	} else {
-		if !bytes.Equal(r.authority, fc.lastAuthority) || fc.lastAuthority == nil {
+		if !fc.authorityOK || !bytes.Equal(r.authority, fc.lastAuthority) {
 			t, ok := parseAuthority(r.authority)
 			if !ok {
 				return false, false
 			}
 			fc.lastAuthority = append(fc.lastAuthority[:0], r.authority...)
-			fc.lastTarget = t
+			fc.lastTarget, fc.authorityOK = t, true
 		}
 		tg = &fc.lastTarget
 	}
 	if len(p.clients) > 0 {
-		if r.creds == nil {
-			return false, false
+		if len(r.creds) == 0 {
+			return false, false // 407 from the goproxy path
 		}
-		if fc.lastCreds == nil || !bytes.Equal(r.creds, fc.lastCreds) {
+		if !fc.credsOK || !bytes.Equal(r.creds, fc.lastCreds) {
+			fc.credsOK = false
 			name, ok := p.clients.authenticateValue(string(r.creds))
 			if !ok {
 				return false, false
 			}
 			fc.lastCreds = append(fc.lastCreds[:0], r.creds...)
-			fc.lastClient = name
+			fc.lastClient, fc.credsOK = name, true
 		}
 		ex.client = fc.lastClient
 	}
@@ -422,33 +464,144 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 		ce.Write(zap.String("method", r.method), zap.String("upstream", tg.hostHeader), zap.ByteString("path", r.path),
 			zap.String("route", route.name), zap.Bool("gateway", ex.gateway))
 	}
-	rreq := getRequest
-	if r.method == http.MethodHead {
-		rreq = headRequest
-	}
-	resp, err := fast.do(context.Background(), tg.hostport, r, rreq, ex)
+	isHead := r.method == http.MethodHead
+	pc, _, err := fast.open(context.Background(), tg.hostport, r, ex)
 	if err == errFallback {
 		// The upstream chose HTTP/2 just now; nothing was sent. The
 		// goproxy path speaks it.
 		return false, false
 	}
-	// From here on the request is ours.
-	if fc.framing != nil {
-		fc.framing.next() // false: the head has neither Content-Length nor Transfer-Encoding
-	}
 	fc.br.Discard(n)
 	closeAfter := r.close || fc.s.shutdown.Load()
+	if err == nil {
+		var relayed bool
+		if relayed, keep = fc.relay(pc, fast, tg.hostport, ex, isHead, closeAfter); !relayed {
+			// Something the in-place reader does not take (chunked, no
+			// length, 1xx, a long head): Go's reader and writeResponse.
+			rreq := getRequest
+			if isHead {
+				rreq = headRequest
+			}
+			var resp *http.Response
+			if resp, err = fast.readResponse(pc, rreq); err != nil {
+				_ = pc.tc.Close()
+				err = readError(context.Background(), err)
+			} else {
+				fast.attach(resp, pc, tg.hostport, true)
+				keep = fc.writeResponse(resp, ex, isHead, closeAfter, p.via)
+			}
+		}
+	}
 	if err != nil {
 		perr := classifyUpstreamError(err, ex.host)
 		ex.fail(perr, err)
 		ex.status = perr.status
-		keep = fc.writeError(perr, closeAfter) && !closeAfter
-		p.logExchange(ex, r.method, "", fc.remote, r.path)
-		return keep, true
+		keep = fc.writeError(perr, closeAfter)
 	}
-	keep = fc.writeResponse(resp, ex, r.method == http.MethodHead, closeAfter, p.via) && !closeAfter
 	p.logExchange(ex, r.method, "", fc.remote, r.path)
-	return keep, true
+	return keep && !closeAfter, true
+}
+
+// relay copies the response waiting on pc to the client when its head
+// is simple (see rawResp.parse), and gives pc back to the pool. relayed
+// is false if it left the response unread for Go's reader.
+func (fc *frontConn) relay(pc *h1Conn, f *fastH1, addr string, ex *exchange, isHead, closeAfter bool) (relayed, keep bool) {
+	head, ok := peekHead(pc.br)
+	if !ok {
+		return false, false
+	}
+	var rr rawResp
+	if !rr.parse(head, isHead, fc.s.Proxy.via != "") {
+		return false, false
+	}
+	_ = pc.tc.SetReadDeadline(time.Time{})
+	ex.status = rr.code
+	ex.tlsVersion = pc.state.Version
+	bw := fc.writer()
+	writeStatusLine(bw, rr.code)
+	for _, h := range rr.hdrs {
+		bw.Write(h.name)
+		bw.WriteString(": ")
+		bw.Write(h.value)
+		bw.WriteString("\r\n")
+	}
+	if len(rr.clen) > 0 && rr.code != http.StatusNoContent {
+		bw.WriteString("Content-Length: ")
+		bw.Write(rr.clen)
+		bw.WriteString("\r\n")
+	}
+	if via := fc.s.Proxy.via; via != "" {
+		bw.WriteString("Via: ")
+		bw.WriteString(via)
+		bw.WriteString("\r\n")
+	}
+	if closeAfter {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	_, _ = pc.br.Discard(len(head))
+	left := rr.length
+	var werr error
+	var big *[]byte
+	for left > 0 && werr == nil {
+		if pc.br.Buffered() == 0 {
+			// Flush before a read that would wait for the upstream, so
+			// that a slow body flows.
+			if werr = bw.Flush(); werr != nil {
+				break
+			}
+			if left >= 16<<10 {
+				// A large body: read past the small buffer.
+				if big == nil {
+					big = copyBufs.Get().(*[]byte)
+					defer copyBufs.Put(big)
+				}
+				n, err := pc.br.Read((*big)[:min(left, int64(len(*big)))])
+				if n > 0 {
+					_, werr = bw.Write((*big)[:n])
+					left -= int64(n)
+					ex.bytesOut += int64(n)
+					continue
+				}
+				if err == nil {
+					continue
+				}
+			}
+			if _, err := pc.br.Peek(1); err != nil {
+				// The upstream broke off: the client gets a short body and
+				// a closed connection, as it would from the upstream.
+				ex.detail = "upstream body: " + err.Error()
+				_ = pc.tc.Close()
+				return true, false
+			}
+		}
+		chunk, _ := pc.br.Peek(int(min(left, int64(pc.br.Buffered()))))
+		_, werr = bw.Write(chunk)
+		_, _ = pc.br.Discard(len(chunk))
+		left -= int64(len(chunk))
+		ex.bytesOut += int64(len(chunk))
+	}
+	if werr == nil {
+		werr = bw.Flush()
+	}
+	if werr != nil || rr.close {
+		_ = pc.tc.Close()
+	} else {
+		f.put(addr, pc)
+	}
+	return true, werr == nil
+}
+
+// peekHead returns the response head buffered in br, reading until it is
+// complete; false if it does not fit, has bare LFs, or the read fails
+// (Go's reader then reads it or reports the failure).
+func peekHead(br *bufio.Reader) ([]byte, bool) {
+	n, err := readHead(br)
+	if err != nil || n <= 0 {
+		return nil, false
+	}
+	head, _ := br.Peek(n)
+	return head, true
 }
 
 // Static requests tell http.ReadResponse the method of a request Server
@@ -459,10 +612,31 @@ var (
 )
 
 func (fc *frontConn) writer() *bufio.Writer {
-	if fc.bw == nil {
-		fc.bw = bufio.NewWriterSize(fc.c, frontBufSize)
+	if !fc.bwSet {
+		fc.bw.Reset(fc.c)
+		fc.bwSet = true
 	}
 	return fc.bw
+}
+
+// frontConns are reused: each holds two 4 KiB buffers and room for a
+// request head's headers, which a connection per request would otherwise
+// allocate every time.
+var frontConns = sync.Pool{New: func() any {
+	return &frontConn{br: bufio.NewReaderSize(nil, frontBufSize), bw: bufio.NewWriterSize(nil, frontBufSize)}
+}}
+
+// release clears fc and puts it back in the pool.
+func (fc *frontConn) release() {
+	fc.br.Reset(nil)
+	fc.bw.Reset(nil)
+	fc.bwSet = false
+	fc.s, fc.c, fc.remote = nil, nil, ""
+	fc.state.Store(stateIdle)
+	fc.req = frontReq{}
+	fc.lastAuthority, fc.lastTarget, fc.authorityOK = fc.lastAuthority[:0], target{}, false
+	fc.lastCreds, fc.lastClient, fc.credsOK = fc.lastCreds[:0], "", false
+	frontConns.Put(fc)
 }
 
 // writeError answers with perr; it reports whether the connection is
@@ -496,8 +670,8 @@ func writeStatusLine(bw *bufio.Writer, code int) {
 	bw.WriteString("\r\n")
 }
 
-// writeResponse copies resp to the client, flushing whenever the upstream
-// has nothing more buffered, so that streamed responses flow. It reports
+// writeResponse copies resp to the client, flushing after every read that
+// does not end the body, so that streamed responses flow. It reports
 // whether the connection is still usable.
 func (fc *frontConn) writeResponse(resp *http.Response, ex *exchange, isHead, closeAfter bool, via string) bool {
 	ex.status = resp.StatusCode
@@ -541,7 +715,6 @@ func (fc *frontConn) writeResponse(resp *http.Response, ex *exchange, isHead, cl
 		_ = resp.Body.Close()
 		return bw.Flush() == nil
 	}
-	hb, _ := resp.Body.(*h1Body)
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -574,12 +747,13 @@ func (fc *frontConn) writeResponse(resp *http.Response, ex *exchange, isHead, cl
 			ex.detail = "upstream body: " + rerr.Error()
 			return false
 		}
-		// Flush before a read that would wait for the upstream.
-		if hb == nil || hb.pc.br.Buffered() == 0 {
-			if bw.Flush() != nil {
-				_ = resp.Body.Close()
-				return false
-			}
+		// More is to come, and the next read may wait for the upstream:
+		// send what there is. (Go's body readers return the last bytes
+		// together with io.EOF when the end is already buffered, so a
+		// small response still goes out in one write.)
+		if bw.Flush() != nil {
+			_ = resp.Body.Close()
+			return false
 		}
 	}
 	_ = resp.Body.Close()

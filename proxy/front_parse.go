@@ -336,3 +336,100 @@ func validTarget(b []byte) bool {
 func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
+
+// rawResp is an upstream response head parsed in place: a final status,
+// a Content-Length or no body, clean headers. Anything else is read by
+// Go's http.ReadResponse instead.
+type rawResp struct {
+	code   int
+	length int64  // body bytes to copy
+	clen   []byte // the Content-Length value, if any
+	close  bool   // the upstream will close the connection
+	hdrs   []frontHeader
+	hdrBuf [48]frontHeader
+}
+
+func (r *rawResp) parse(head []byte, isHead, via bool) bool {
+	r.hdrs, r.close, r.clen = r.hdrBuf[:0], false, nil
+	i := bytes.Index(head, []byte("\r\n"))
+	line, rest := head[:i], head[i+2:]
+	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+		return false
+	}
+	code := 0
+	for _, c := range line[9:12] {
+		if c < '0' || c > '9' {
+			return false
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 200 || code > 599 {
+		return false
+	}
+	r.code = code
+	for {
+		i := bytes.Index(rest, []byte("\r\n"))
+		if i < 0 {
+			return false
+		}
+		line, rest = rest[:i], rest[i+2:]
+		if len(line) == 0 {
+			break
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || !validToken(line[:colon]) {
+			return false
+		}
+		name, value := line[:colon], trimOWS(line[colon+1:])
+		if !validValue(value) {
+			return false
+		}
+		switch {
+		case eqFold(name, "Content-Length"):
+			if r.clen != nil || len(value) == 0 || len(value) > 18 {
+				return false
+			}
+			for _, c := range value {
+				if c < '0' || c > '9' {
+					return false
+				}
+			}
+			r.clen = value
+			continue
+		case eqFold(name, "Transfer-Encoding"), eqFold(name, "Trailer"), eqFold(name, "Upgrade"):
+			return false
+		case eqFold(name, "Connection"):
+			for tok := range bytes.SplitSeq(value, []byte(",")) {
+				tok = trimOWS(tok)
+				switch {
+				case eqFold(tok, "close"):
+					r.close = true
+				case len(tok) == 0, eqFold(tok, "keep-alive"):
+				default:
+					return false
+				}
+			}
+			continue
+		case eqFold(name, "Keep-Alive"), eqFold(name, "Proxy-Connection"), eqFold(name, "Proxy-Authenticate"),
+			eqFold(name, "Proxy-Authorization"), eqFold(name, "Te"), eqFold(name, "Http2-Settings"):
+			continue
+		case via && eqFold(name, "Via"):
+			return false
+		}
+		if len(r.hdrs) == cap(r.hdrs) {
+			return false
+		}
+		r.hdrs = append(r.hdrs, frontHeader{name, value})
+	}
+	r.length = 0
+	if isHead || code == 204 || code == 304 {
+		return true
+	}
+	if r.clen == nil {
+		return false // chunked or up to the close
+	}
+	for _, c := range r.clen { // at most 18 digits: no overflow
+		r.length = r.length*10 + int64(c-'0')
+	}
+	return true
+}

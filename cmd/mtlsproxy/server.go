@@ -276,9 +276,6 @@ func (rt *proxyRuntime) open(name, addr string, h http.Handler) (*listener, erro
 		if rt.pl.maxConns > 0 {
 			ln = netutil.LimitListener(ln, rt.pl.maxConns)
 		}
-		// Outermost, so that the handler's connection is the FramingConn.
-		ln = proxy.FramingListener{Listener: ln}
-		srv.ConnContext = proxy.WithFramingConn
 	}
 	return &listener{name: name, ln: ln, srv: srv}, nil
 }
