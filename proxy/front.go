@@ -253,14 +253,14 @@ const frontBufSize = 4 << 10
 
 // frontConn is one client connection kept by Server.
 type frontConn struct {
-	s       *Server
-	c       net.Conn
-	br      *bufio.Reader
-	bw      *bufio.Writer
-	bwSet   bool // bw writes to c
-	remote  string
-	state   atomic.Int32
-	req     frontReq
+	s      *Server
+	c      net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	bwSet  bool // bw writes to c
+	remote string
+	state  atomic.Int32
+	req    frontReq
 
 	// The last authority and credentials seen, with what they gave:
 	// clients send the same ones on every request of a connection. The
