@@ -261,6 +261,7 @@ type frontConn struct {
 	remote string
 	state  atomic.Int32
 	req    frontReq
+	resp   rawResp // kept here: on the stack it would grow every new goroutine's stack
 
 	// The last authority and credentials seen, with what they gave:
 	// clients send the same ones on every request of a connection. The
@@ -510,7 +511,7 @@ func (fc *frontConn) relay(pc *h1Conn, f *fastH1, addr string, ex *exchange, isH
 	if !ok {
 		return false, false
 	}
-	var rr rawResp
+	rr := &fc.resp
 	if !rr.parse(head, isHead, fc.s.Proxy.via != "") {
 		return false, false
 	}
@@ -633,7 +634,7 @@ func (fc *frontConn) release() {
 	fc.bwSet = false
 	fc.s, fc.c, fc.remote = nil, nil, ""
 	fc.state.Store(stateIdle)
-	fc.req = frontReq{}
+	fc.req, fc.resp = frontReq{}, rawResp{}
 	fc.lastAuthority, fc.lastTarget, fc.authorityOK = fc.lastAuthority[:0], target{}, false
 	fc.lastCreds, fc.lastClient, fc.credsOK = fc.lastCreds[:0], "", false
 	frontConns.Put(fc)
