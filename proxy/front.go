@@ -52,6 +52,8 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	shutdown  atomic.Bool
 	active    sync.WaitGroup
+	// handoffs counts connections handed to HTTP.
+	handoffs atomic.Int64
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -399,6 +401,7 @@ func readHead(br *bufio.Reader) (int, error) {
 // handOver passes the connection and what was read of it to HTTP.
 func (fc *frontConn) handOver() {
 	s := fc.s
+	s.handoffs.Add(1)
 	if s.Metrics != nil {
 		s.Metrics.openConns.Dec() // HTTP's ConnState counts it from here
 	}

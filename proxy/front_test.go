@@ -1,15 +1,27 @@
 package proxy
 
 import (
+	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki/pkitest"
 )
 
 // serveProxy runs p the way the command does: a Server in front of Go's
 // server. It returns the listener's URL.
 func serveProxy(t testing.TB, p *Proxy) string {
+	t.Helper()
+	_, u := serveFront(t, p)
+	return u
+}
+
+// serveFront is serveProxy that also returns the Server.
+func serveFront(t testing.TB, p *Proxy) (*Server, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -20,5 +32,49 @@ func serveProxy(t testing.TB, p *Proxy) string {
 	s := &Server{Proxy: p, HTTP: srv}
 	go func() { _ = s.Serve(ln) }()
 	t.Cleanup(func() { _ = s.Close() })
-	return "http://" + ln.Addr().String()
+	return s, "http://" + ln.Addr().String()
+}
+
+// TestServerTakesSimpleRequests checks that GETs and HEADs from a
+// standard client are served by Server itself, on one connection, and
+// that the first request it does not take hands the connection over
+// without losing it.
+func TestServerTakesSimpleRequests(t *testing.T) {
+	set := pkitest.New(t)
+	up := newUpstream(t, set.ServerTLS(), func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %q", r.Method, r.URL.RequestURI(), b)
+	})
+	tp := newTestProxy(t, set, []string{"api.internal"}, resolveTo(up.port, "api.internal:"+up.port))
+	target := "http://api.internal:" + up.port
+	for i := range 5 {
+		_, body := tp.get(t, fmt.Sprintf("%s/get/%d?q=%d", target, i, i))
+		if want := fmt.Sprintf(`GET /get/%d?q=%d ""`, i, i); body != want {
+			t.Fatalf("body = %q; want %q", body, want)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodHead, target+"/head", nil)
+	if resp, body := tp.do(t, req); resp.StatusCode != 200 || body != "" {
+		t.Fatalf("HEAD: %d %q", resp.StatusCode, body)
+	}
+	if n := tp.front.handoffs.Load(); n != 0 {
+		t.Fatalf("%d connections handed over after simple requests; want 0: Server did not take them", n)
+	}
+	req, _ = http.NewRequest(http.MethodPost, target+"/post", strings.NewReader("payload"))
+	if _, body := tp.do(t, req); body != `POST /post "payload"` {
+		t.Fatalf("POST: body = %q", body)
+	}
+	if n := tp.front.handoffs.Load(); n != 1 {
+		t.Fatalf("%d connections handed over after a POST; want 1", n)
+	}
+	// The handed-over connection goes on serving GETs through goproxy.
+	if _, body := tp.get(t, target+"/after"); body != `GET /after ""` {
+		t.Fatalf("GET after POST: body = %q", body)
+	}
+	if got := up.requests.Load(); got != 8 {
+		t.Errorf("upstream saw %d requests; want 8", got)
+	}
+	if got := len(tp.accessLines(t, 8)); got != 8 {
+		t.Errorf("%d access log lines; want 8", got)
+	}
 }

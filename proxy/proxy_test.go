@@ -70,6 +70,7 @@ type testProxy struct {
 	logs    *observer.ObservedLogs
 	set     *pkitest.Set
 	handler *Proxy
+	front   *Server
 }
 
 // newTestProxy serves a Proxy with one forward route allowing allow,
@@ -98,8 +99,9 @@ func newTestProxy(t testing.TB, set *pkitest.Set, allow []string, mod func(*Rout
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, _ := url.Parse(serveProxy(t, p))
-	return &testProxy{url: u, logs: logs, set: set, handler: p}
+	front, pu := serveFront(t, p)
+	u, _ := url.Parse(pu)
+	return &testProxy{url: u, logs: logs, set: set, handler: p, front: front}
 }
 
 // accessLines waits until n access-log lines are written (the line follows
