@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -94,7 +95,7 @@ func (h *stdHead) writeHead(bw *bufio.Writer) { writeRequestHead(bw, (*http.Requ
 // the response; rreq tells http.ReadResponse the method (a HEAD response
 // has no body) and whether the connection may be reused.
 func (f *fastH1) do(ctx context.Context, addr string, hw headWriter, rreq *http.Request, ex *exchange) (*http.Response, error) {
-	pc, stop, err := f.open(ctx, addr, hw, ex)
+	pc, stop, err := f.open(ctx, addr, hw, ex, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -117,8 +118,10 @@ func (f *fastH1) do(ctx context.Context, addr string, hw headWriter, rreq *http.
 // and waits for the first byte of the answer. A pooled connection that
 // the upstream had closed meanwhile is retried once on a new one: the
 // requests taken here are idempotent. Until stop is called, ctx ending
-// cuts the connection's deadline.
-func (f *fastH1) open(ctx context.Context, addr string, hw headWriter, ex *exchange) (_ *h1Conn, stop func() bool, _ error) {
+// cuts the connection's deadline. alive, if set, is asked every
+// clientCheckInterval while the upstream has not answered; when it says
+// the client is gone, open gives up with errClientGone.
+func (f *fastH1) open(ctx context.Context, addr string, hw headWriter, ex *exchange, alive func() bool) (_ *h1Conn, stop func() bool, _ error) {
 	for attempt := 0; ; attempt++ {
 		pc, reused := f.get(addr)
 		if pc == nil {
@@ -135,7 +138,7 @@ func (f *fastH1) open(ctx context.Context, addr string, hw headWriter, ex *excha
 			// A client that goes away stops the wait for the upstream.
 			stop = context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(time.Unix(1, 0)) })
 		}
-		err := f.sendHead(pc, hw)
+		err := f.sendHead(pc, hw, alive)
 		if err == nil {
 			return pc, stop, nil
 		}
@@ -152,23 +155,48 @@ func (f *fastH1) open(ctx context.Context, addr string, hw headWriter, ex *excha
 
 // sendHead writes the head on pc and waits for the first byte of the
 // answer, up to the response-header timeout.
-func (f *fastH1) sendHead(pc *h1Conn, hw headWriter) error {
+func (f *fastH1) sendHead(pc *h1Conn, hw headWriter, alive func() bool) error {
 	hw.writeHead(pc.bw)
 	if err := pc.bw.Flush(); err != nil {
 		return err
 	}
-	_ = pc.tc.SetReadDeadline(time.Now().Add(f.route.timeouts.ResponseHeader))
-	// A pooled connection the upstream has closed meanwhile answers with
-	// EOF (or a reset) before the first byte: say so plainly, so that the
-	// caller retries on a new connection.
-	if _, err := pc.br.Peek(1); err != nil {
+	deadline := time.Now().Add(f.route.timeouts.ResponseHeader)
+	for {
+		step := deadline
+		if alive != nil {
+			if t := time.Now().Add(clientCheckInterval); t.Before(deadline) {
+				step = t
+			}
+		}
+		_ = pc.tc.SetReadDeadline(step)
+		_, err := pc.br.Peek(1)
+		if err == nil {
+			return nil
+		}
+		if step.Before(deadline) && isTimeout(err) {
+			// A read timeout leaves a TLS connection usable: wait on, as
+			// long as someone is waiting for the answer.
+			if !alive() {
+				return errClientGone
+			}
+			continue
+		}
+		// A pooled connection the upstream has closed meanwhile answers
+		// with EOF (or a reset) before the first byte: say so plainly, so
+		// that the caller retries on a new connection.
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			err = io.EOF
 		}
 		return err
 	}
-	return nil
 }
+
+// clientCheckInterval is how often a request waiting for its upstream
+// checks that its client is still there.
+const clientCheckInterval = 500 * time.Millisecond
+
+// errClientGone ends the wait for an upstream whose client has left.
+var errClientGone = fmt.Errorf("the client closed its connection: %w", context.Canceled)
 
 func (f *fastH1) dial(ctx context.Context, addr string) (*h1Conn, error) {
 	c, err := f.route.dialTLS(ctx, "tcp", addr)

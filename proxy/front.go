@@ -216,6 +216,20 @@ func (l *handoffListener) deliver(c net.Conn) {
 type replayConn struct {
 	net.Conn
 	buf []byte
+	// headBy, if set, is when the head that was arriving at the handover
+	// must be complete: the server's first read deadline does not go past
+	// it, so that the handover does not restart ReadHeaderTimeout.
+	headBy time.Time
+}
+
+func (c *replayConn) SetReadDeadline(t time.Time) error {
+	if !c.headBy.IsZero() {
+		if t.IsZero() || t.After(c.headBy) {
+			t = c.headBy
+		}
+		c.headBy = time.Time{}
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {
@@ -263,6 +277,12 @@ type frontConn struct {
 	remote string
 	state  atomic.Int32
 	req    frontReq
+	// head is the request head being served, copied out of br.
+	head []byte
+	// replayHead, if set, is handed over ahead of what br holds.
+	replayHead []byte
+	// headBy is when the head being read must be complete.
+	headBy time.Time
 	resp   rawResp // kept here: on the stack it would grow every new goroutine's stack
 
 	// The last authority and credentials seen, with what they gave:
@@ -311,10 +331,15 @@ func (fc *frontConn) serve() {
 		idleTimeout = hdrTimeout
 	}
 	for first := true; ; first = false {
+		fc.headBy = time.Time{}
 		if t := idleTimeout; !first && t > 0 {
 			_ = fc.c.SetReadDeadline(time.Now().Add(t))
 		} else if first && hdrTimeout > 0 {
-			_ = fc.c.SetReadDeadline(time.Now().Add(hdrTimeout))
+			fc.headBy = time.Now().Add(hdrTimeout)
+			_ = fc.c.SetReadDeadline(fc.headBy)
+		}
+		if fc.state.Load() == stateClosing {
+			return // Shutdown cut the deadline before it was set above
 		}
 		if _, err := fc.br.Peek(1); err != nil {
 			return
@@ -326,7 +351,8 @@ func (fc *frontConn) serve() {
 		if n < 0 {
 			// The head is still arriving: give it ReadHeaderTimeout.
 			if !first && hdrTimeout > 0 {
-				_ = fc.c.SetReadDeadline(time.Now().Add(hdrTimeout))
+				fc.headBy = time.Now().Add(hdrTimeout)
+				_ = fc.c.SetReadDeadline(fc.headBy)
 			}
 			var err error
 			if n, err = fc.readHead(); err != nil {
@@ -406,9 +432,10 @@ func (fc *frontConn) handOver() {
 		s.Metrics.openConns.Dec() // HTTP's ConnState counts it from here
 	}
 	buffered, _ := fc.br.Peek(fc.br.Buffered())
+	rc := &replayConn{Conn: fc.c, buf: append(bytes.Clone(fc.replayHead), buffered...), headBy: fc.headBy}
 	// The Proxy learns from the FramingConn which requests carried both
 	// Content-Length and Transfer-Encoding; it starts at this request.
-	s.handoff.deliver(NewFramingConn(&replayConn{Conn: fc.c, buf: bytes.Clone(buffered)}))
+	s.handoff.deliver(NewFramingConn(rc))
 }
 
 // handle serves the request whose head is the first n buffered bytes.
@@ -419,9 +446,12 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 		return false, false
 	}
 	p := fc.s.Proxy
+	// The head is parsed from a copy, so that the read buffer is free to
+	// watch the client while the upstream thinks.
 	head, _ := fc.br.Peek(n)
+	fc.head = append(fc.head[:0], head...)
 	r := &fc.req
-	if !r.parse(head, p) {
+	if !r.parse(fc.head, p) {
 		return false, false
 	}
 	ex := &exchange{start: time.Now(), gateway: r.gateway}
@@ -469,13 +499,14 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 			zap.String("route", route.name), zap.Bool("gateway", ex.gateway))
 	}
 	isHead := r.method == http.MethodHead
-	pc, _, err := fast.open(context.Background(), tg.hostport, r, ex)
+	_, _ = fc.br.Discard(n)
+	pc, _, err := fast.open(context.Background(), tg.hostport, r, ex, fc.alive)
 	if err == errFallback {
 		// The upstream chose HTTP/2 just now; nothing was sent. The
 		// goproxy path speaks it.
+		fc.replayHead = fc.head
 		return false, false
 	}
-	fc.br.Discard(n)
 	closeAfter := r.close || fc.s.shutdown.Load()
 	if err == nil {
 		var relayed bool
@@ -504,6 +535,20 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 	}
 	p.logExchange(ex, r.method, "", fc.remote, r.path)
 	return keep && !closeAfter, true
+}
+
+// alive reports whether the client is still connected while its request
+// waits for the upstream: a read that waits at most a millisecond tells
+// a closed connection from a quiet one. (A deadline already past would
+// not even try the read.) Bytes it reads (a pipelined request) stay
+// buffered for later.
+func (fc *frontConn) alive() bool {
+	if fc.br.Buffered() > 0 {
+		return true
+	}
+	_ = fc.c.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := fc.br.Peek(1)
+	return err == nil || isTimeout(err)
 }
 
 // relay copies the response waiting on pc to the client when its head
@@ -585,13 +630,15 @@ func (fc *frontConn) relay(pc *h1Conn, f *fastH1, addr string, ex *exchange, isH
 		left -= int64(len(chunk))
 		ex.bytesOut += int64(len(chunk))
 	}
-	if werr == nil {
-		werr = bw.Flush()
-	}
+	// The body is all read: pc is free for the next request before the
+	// client has the last bytes.
 	if werr != nil || rr.close {
 		_ = pc.tc.Close()
 	} else {
 		f.put(addr, pc)
+	}
+	if werr == nil {
+		werr = bw.Flush()
 	}
 	return true, werr == nil
 }
@@ -638,6 +685,7 @@ func (fc *frontConn) release() {
 	fc.s, fc.c, fc.remote = nil, nil, ""
 	fc.state.Store(stateIdle)
 	fc.req, fc.resp = frontReq{}, rawResp{}
+	fc.head, fc.replayHead, fc.headBy = fc.head[:0], nil, time.Time{}
 	fc.lastAuthority, fc.lastTarget, fc.authorityOK = fc.lastAuthority[:0], target{}, false
 	fc.lastCreds, fc.lastClient, fc.credsOK = fc.lastCreds[:0], "", false
 	frontConns.Put(fc)
