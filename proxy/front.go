@@ -283,7 +283,12 @@ type frontConn struct {
 	replayHead []byte
 	// headBy is when the head being read must be complete.
 	headBy time.Time
-	resp   rawResp // kept here: on the stack it would grow every new goroutine's stack
+	// idleArmed is when the idle deadline now set on c was armed (zero:
+	// another deadline is set).
+	idleArmed time.Time
+	// ex is the exchange of the request being served.
+	ex   exchange
+	resp rawResp // kept here: on the stack it would grow every new goroutine's stack
 
 	// The last authority and credentials seen, with what they gave:
 	// clients send the same ones on every request of a connection. The
@@ -333,7 +338,15 @@ func (fc *frontConn) serve() {
 	for first := true; ; first = false {
 		fc.headBy = time.Time{}
 		if t := idleTimeout; !first && t > 0 {
-			_ = fc.c.SetReadDeadline(time.Now().Add(t))
+			// Re-armed at most once a second: a busy connection would
+			// otherwise pay for a timer update per request, and a
+			// connection idle for IdleTimeout less up to a second is as
+			// idle as one idle for IdleTimeout.
+			now := time.Now()
+			if now.Sub(fc.idleArmed) > time.Second {
+				_ = fc.c.SetReadDeadline(now.Add(t))
+				fc.idleArmed = now
+			}
 		} else if first && hdrTimeout > 0 {
 			fc.headBy = time.Now().Add(hdrTimeout)
 			_ = fc.c.SetReadDeadline(fc.headBy)
@@ -353,6 +366,7 @@ func (fc *frontConn) serve() {
 			if !first && hdrTimeout > 0 {
 				fc.headBy = time.Now().Add(hdrTimeout)
 				_ = fc.c.SetReadDeadline(fc.headBy)
+				fc.idleArmed = time.Time{}
 			}
 			var err error
 			if n, err = fc.readHead(); err != nil {
@@ -454,7 +468,8 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 	if !r.parse(fc.head, p) {
 		return false, false
 	}
-	ex := &exchange{start: time.Now(), gateway: r.gateway}
+	ex := &fc.ex
+	*ex = exchange{start: time.Now(), gateway: r.gateway}
 	var tg *target
 	if r.gateway {
 		tg = &p.gwTarget
@@ -546,6 +561,7 @@ func (fc *frontConn) alive() bool {
 	if fc.br.Buffered() > 0 {
 		return true
 	}
+	fc.idleArmed = time.Time{}
 	_ = fc.c.SetReadDeadline(time.Now().Add(time.Millisecond))
 	_, err := fc.br.Peek(1)
 	return err == nil || isTimeout(err)
@@ -563,7 +579,6 @@ func (fc *frontConn) relay(pc *h1Conn, f *fastH1, addr string, ex *exchange, isH
 	if !rr.parse(head, isHead, fc.s.Proxy.via != "") {
 		return false, false
 	}
-	_ = pc.tc.SetReadDeadline(time.Time{})
 	ex.status = rr.code
 	ex.tlsVersion = pc.state.Version
 	bw := fc.writer()
@@ -590,6 +605,12 @@ func (fc *frontConn) relay(pc *h1Conn, f *fastH1, addr string, ex *exchange, isH
 	bw.WriteString("\r\n")
 	_, _ = pc.br.Discard(len(head))
 	left := rr.length
+	if left > int64(pc.br.Buffered()) {
+		// The body needs more reads: lift the response-header deadline.
+		// (A body already buffered needs no read, and the next request
+		// sets a new deadline anyway.)
+		_ = pc.tc.SetReadDeadline(time.Time{})
+	}
 	var werr error
 	var big *[]byte
 	for left > 0 && werr == nil {
@@ -685,7 +706,8 @@ func (fc *frontConn) release() {
 	fc.s, fc.c, fc.remote = nil, nil, ""
 	fc.state.Store(stateIdle)
 	fc.req, fc.resp = frontReq{}, rawResp{}
-	fc.head, fc.replayHead, fc.headBy = fc.head[:0], nil, time.Time{}
+	fc.head, fc.replayHead, fc.headBy, fc.idleArmed = fc.head[:0], nil, time.Time{}, time.Time{}
+	fc.ex = exchange{}
 	fc.lastAuthority, fc.lastTarget, fc.authorityOK = fc.lastAuthority[:0], target{}, false
 	fc.lastCreds, fc.lastClient, fc.credsOK = fc.lastCreds[:0], "", false
 	frontConns.Put(fc)
