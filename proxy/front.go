@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -23,10 +24,11 @@ import (
 // request, a context, a header map and a response writer. So Server reads
 // each connection's requests itself and answers the common, simple ones
 // on the connection's goroutine: an HTTP/1.1 GET or HEAD without a body,
-// with a clean head that fits in 4 KiB, routed to an upstream that speaks
-// HTTP/1.1. The upstream request is written from the bytes received,
-// with the same changes the goproxy path makes (hop-by-hop and stripped
-// headers removed, Via added).
+// with a clean head that fits in 4 KiB. To an upstream that speaks
+// HTTP/1.1 the request is written from the bytes received, with the same
+// changes the goproxy path makes (hop-by-hop and stripped headers
+// removed, Via added); to one that chose HTTP/2 it goes through the
+// route's http.Transport.
 //
 // The first request Server does not take itself (a body, CONNECT, an
 // upgrade, HTTP/1.0, anything unusual in the head, any error the proxy
@@ -504,10 +506,8 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 	if perr != nil {
 		return false, false
 	}
-	fast := route.conns.Load().fast
-	if fast.h2.Load() {
-		return false, false
-	}
+	ts := route.conns.Load()
+	fast := ts.fast
 	r.hostHeader = tg.hostHeader
 	if ce := p.log.Check(zap.DebugLevel, "forwarding"); ce != nil {
 		ce.Write(zap.String("method", r.method), zap.String("upstream", tg.hostHeader), zap.ByteString("path", r.path),
@@ -515,13 +515,20 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 	}
 	isHead := r.method == http.MethodHead
 	_, _ = fc.br.Discard(n)
-	pc, _, err := fast.open(context.Background(), tg.hostport, r, ex, fc.alive)
-	if err == errFallback {
-		// The upstream chose HTTP/2 just now; nothing was sent. The
-		// goproxy path speaks it.
-		fc.replayHead = fc.head
-		return false, false
+	var pc *h1Conn
+	err := errFallback
+	if !fast.h2.Load() {
+		pc, _, err = fast.open(context.Background(), tg.hostport, r, ex, fc.alive)
 	}
+	if err == errFallback {
+		// The upstream speaks HTTP/2 (nothing was sent on this path):
+		// http.Transport carries the request.
+		keep = fc.viaTransport(ts.main, r, tg, ex, isHead)
+		p.logExchange(ex, r.method, "", fc.remote, r.path)
+		return keep, true
+	}
+	// Decided once the upstream has answered: a shutdown meanwhile closes
+	// the connection after this response.
 	closeAfter := r.close || fc.s.shutdown.Load()
 	if err == nil {
 		var relayed bool
@@ -550,6 +557,55 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 	}
 	p.logExchange(ex, r.method, "", fc.remote, r.path)
 	return keep && !closeAfter, true
+}
+
+// viaTransport sends r over t (an upstream that speaks HTTP/2) and copies
+// the answer to the client. The request is the one the goproxy path would
+// build: canonical header names, the same headers removed and added.
+func (fc *frontConn) viaTransport(t http.RoundTripper, r *frontReq, tg *target, ex *exchange, isHead bool) (keep bool) {
+	req, err := r.toRequest(tg)
+	if err != nil {
+		perr := badRequest("bad request target: %v", err)
+		ex.fail(perr, nil)
+		ex.status = perr.status
+		_ = fc.writeError(perr, true)
+		return false
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ex.trace.GotConn = ex.gotConn
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &ex.trace))
+	// While the upstream thinks, check now and then that the client is
+	// still there, as the goproxy path's request context would.
+	var mu sync.Mutex
+	waiting := true
+	var check *time.Timer
+	check = time.AfterFunc(clientCheckInterval, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !waiting {
+			return
+		}
+		if !fc.alive() {
+			cancel()
+			return
+		}
+		check.Reset(clientCheckInterval)
+	})
+	resp, err := t.RoundTrip(req)
+	mu.Lock()
+	waiting = false
+	check.Stop()
+	mu.Unlock()
+	closeAfter := r.close || fc.s.shutdown.Load()
+	if err != nil {
+		perr := classifyUpstreamError(err, ex.host)
+		ex.fail(perr, err)
+		ex.status = perr.status
+		return fc.writeError(perr, closeAfter) && !closeAfter
+	}
+	poolBody(resp)
+	return fc.writeResponse(resp, ex, isHead, closeAfter, fc.s.Proxy.via) && !closeAfter
 }
 
 // alive reports whether the client is still connected while its request

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"net"
+	"net/http"
 	"net/url"
 )
 
@@ -184,6 +185,27 @@ func (r *frontReq) writeHead(bw *bufio.Writer) {
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")
+}
+
+// toRequest builds the request the goproxy path would send upstream.
+func (r *frontReq) toRequest(tg *target) (*http.Request, error) {
+	u, err := url.ParseRequestURI(r.uriPre + string(r.uri))
+	if err != nil {
+		return nil, err
+	}
+	u.Scheme, u.Host = "https", tg.hostHeader
+	h := make(http.Header, len(r.hdrs)+2)
+	for _, hd := range r.hdrs {
+		h.Add(string(hd.name), string(hd.value))
+	}
+	if r.hasUA && len(h["User-Agent"]) == 0 {
+		h["User-Agent"] = []string{""} // sent empty by the client: send none
+	}
+	if r.via != "" {
+		h.Set("Via", r.via)
+	}
+	return &http.Request{Method: r.method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Host: tg.hostHeader}, nil
 }
 
 // parseAuthority reads an absolute-form authority: a host name or IPv4

@@ -78,3 +78,41 @@ func TestServerTakesSimpleRequests(t *testing.T) {
 		t.Errorf("%d access log lines; want 8", got)
 	}
 }
+
+// TestServerTakesRequestsForHTTP2Upstreams checks that simple requests to
+// an upstream that chose HTTP/2 stay on the direct path (through
+// http.Transport) instead of handing their connections over, and reach
+// the upstream as the goproxy path would send them.
+func TestServerTakesRequestsForHTTP2Upstreams(t *testing.T) {
+	set := pkitest.New(t)
+	up := fidNewUpstream(t, set, true, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Proto", r.Proto)
+		fmt.Fprintf(w, "%s %s ua=%q xid=%q xfcc=%q", r.Method, r.URL.RequestURI(), r.Header.Get("User-Agent"),
+			r.Header.Get("X-Id"), r.Header.Get("X-Forwarded-Client-Cert"))
+	})
+	tp := fidForward(t, set, up, true, nil)
+	for i := range 3 {
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("http://api.internal:%s/h2/%d?q=1", up.port, i), nil)
+		req.Header.Set("User-Agent", "probe/1")
+		req.Header.Set("x-id", "abc")
+		req.Header.Set("X-Forwarded-Client-Cert", "forged")
+		resp, body := tp.do(t, req)
+		want := fmt.Sprintf(`GET /h2/%d?q=1 ua="probe/1" xid="abc" xfcc=""`, i)
+		if resp.StatusCode != 200 || body != want {
+			t.Fatalf("request %d: %d %q; want 200 %q", i, resp.StatusCode, body, want)
+		}
+		if got := resp.Header.Get("X-Proto"); got != "HTTP/2.0" {
+			t.Fatalf("upstream saw %q; want HTTP/2.0", got)
+		}
+	}
+	if n := tp.front.handoffs.Load(); n != 0 {
+		t.Fatalf("%d connections handed over for simple requests to an HTTP/2 upstream; want 0", n)
+	}
+	lines := tp.accessLines(t, 3)
+	if len(lines) != 3 {
+		t.Fatalf("%d access log lines; want 3", len(lines))
+	}
+	if f := lines[2].ContextMap(); f["status"] != int64(200) || f["path"] != "/h2/2" || f["reused"] != true {
+		t.Errorf("access log: %v", f)
+	}
+}
