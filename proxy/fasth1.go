@@ -42,6 +42,21 @@ type h1Conn struct {
 	bw     *bufio.Writer
 	state  *tls.ConnectionState
 	idleAt time.Time
+	// headBy is the response-header deadline of the request in flight;
+	// short is set while the connection's read deadline is an earlier
+	// client check instead (see sendHead and fullDeadline).
+	headBy time.Time
+	short  bool
+}
+
+// fullDeadline gives the rest of the response head the whole
+// response-header deadline, after sendHead waited for its first byte in
+// client-check steps.
+func (pc *h1Conn) fullDeadline() {
+	if pc.short {
+		_ = pc.tc.SetReadDeadline(pc.headBy)
+		pc.short = false
+	}
 }
 
 func newFastH1(r *Route) *fastH1 {
@@ -171,6 +186,10 @@ func (f *fastH1) sendHead(pc *h1Conn, hw headWriter, alive func() bool) error {
 		_ = pc.tc.SetReadDeadline(step)
 		_, err := pc.br.Peek(1)
 		if err == nil {
+			// The deadline may be a client-check step: the caller lifts it
+			// to headBy with fullDeadline before it waits for more of the
+			// head (usually the whole head came with the first byte).
+			pc.headBy, pc.short = deadline, step.Before(deadline)
 			return nil
 		}
 		if step.Before(deadline) && isTimeout(err) {

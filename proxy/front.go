@@ -288,6 +288,8 @@ type frontConn struct {
 	// idleArmed is when the idle deadline now set on c was armed (zero:
 	// another deadline is set).
 	idleArmed time.Time
+	// checked is set once alive has changed c's read deadline.
+	checked bool
 	// ex is the exchange of the request being served.
 	ex   exchange
 	resp rawResp // kept here: on the stack it would grow every new goroutine's stack
@@ -345,14 +347,17 @@ func (fc *frontConn) serve() {
 			// connection idle for IdleTimeout less up to a second is as
 			// idle as one idle for IdleTimeout.
 			now := time.Now()
-			if now.Sub(fc.idleArmed) > time.Second {
+			if now.Sub(fc.idleArmed) > min(time.Second, t/2) {
 				_ = fc.c.SetReadDeadline(now.Add(t))
 				fc.idleArmed = now
 			}
 		} else if first && hdrTimeout > 0 {
 			fc.headBy = time.Now().Add(hdrTimeout)
 			_ = fc.c.SetReadDeadline(fc.headBy)
+		} else if fc.checked {
+			_ = fc.c.SetReadDeadline(time.Time{}) // no timeouts: undo alive's
 		}
+		fc.checked = false
 		if fc.state.Load() == stateClosing {
 			return // Shutdown cut the deadline before it was set above
 		}
@@ -540,6 +545,7 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 				rreq = headRequest
 			}
 			var resp *http.Response
+			pc.fullDeadline()
 			if resp, err = fast.readResponse(pc, rreq); err != nil {
 				_ = pc.tc.Close()
 				err = readError(context.Background(), err)
@@ -617,7 +623,7 @@ func (fc *frontConn) alive() bool {
 	if fc.br.Buffered() > 0 {
 		return true
 	}
-	fc.idleArmed = time.Time{}
+	fc.idleArmed, fc.checked = time.Time{}, true
 	_ = fc.c.SetReadDeadline(time.Now().Add(time.Millisecond))
 	_, err := fc.br.Peek(1)
 	return err == nil || isTimeout(err)
@@ -627,7 +633,7 @@ func (fc *frontConn) alive() bool {
 // is simple (see rawResp.parse), and gives pc back to the pool. relayed
 // is false if it left the response unread for Go's reader.
 func (fc *frontConn) relay(pc *h1Conn, f *fastH1, addr string, ex *exchange, isHead, closeAfter bool) (relayed, keep bool) {
-	head, ok := peekHead(pc.br)
+	head, ok := peekHead(pc)
 	if !ok {
 		return false, false
 	}
@@ -723,9 +729,18 @@ func (fc *frontConn) relay(pc *h1Conn, f *fastH1, addr string, ex *exchange, isH
 // peekHead returns the response head buffered in br, reading until it is
 // complete; false if it does not fit, has bare LFs, or the read fails
 // (Go's reader then reads it or reports the failure).
-func peekHead(br *bufio.Reader) ([]byte, bool) {
-	n, err := readHead(br)
-	if err != nil || n <= 0 {
+func peekHead(pc *h1Conn) ([]byte, bool) {
+	br := pc.br
+	buf, _ := br.Peek(br.Buffered())
+	n := headLen(buf)
+	if n < 0 {
+		pc.fullDeadline()
+		var err error
+		if n, err = readHead(br); err != nil {
+			return nil, false
+		}
+	}
+	if n <= 0 {
 		return nil, false
 	}
 	head, _ := br.Peek(n)
@@ -763,7 +778,7 @@ func (fc *frontConn) release() {
 	fc.state.Store(stateIdle)
 	fc.req, fc.resp = frontReq{}, rawResp{}
 	fc.head, fc.replayHead, fc.headBy, fc.idleArmed = fc.head[:0], nil, time.Time{}, time.Time{}
-	fc.ex = exchange{}
+	fc.ex, fc.checked = exchange{}, false
 	fc.lastAuthority, fc.lastTarget, fc.authorityOK = fc.lastAuthority[:0], target{}, false
 	fc.lastCreds, fc.lastClient, fc.credsOK = fc.lastCreds[:0], "", false
 	frontConns.Put(fc)

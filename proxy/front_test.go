@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -114,5 +115,77 @@ func TestServerTakesRequestsForHTTP2Upstreams(t *testing.T) {
 	}
 	if f := lines[2].ContextMap(); f["status"] != int64(200) || f["path"] != "/h2/2" || f["reused"] != true {
 		t.Errorf("access log: %v", f)
+	}
+}
+
+// TestServerSlowUpstreamHeads checks that a response head that arrives in
+// pieces more than a client-check step apart (an early 103, a head split
+// across packets) is still read under the whole response-header timeout.
+func TestServerSlowUpstreamHeads(t *testing.T) {
+	set := pkitest.New(t)
+	up := advNewRawUpstream(t, set, func(req *http.Request, w *bufio.Writer) bool {
+		switch req.URL.Path {
+		case "/early-hints":
+			w.WriteString("HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+			_ = w.Flush()
+			time.Sleep(700 * time.Millisecond)
+			w.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		case "/split-head":
+			w.WriteString("HTTP/1.1 200 OK\r\n")
+			_ = w.Flush()
+			time.Sleep(700 * time.Millisecond)
+			w.WriteString("Content-Length: 2\r\n\r\nok")
+		}
+		return true
+	})
+	p := advNewProxy(t, set, nil, up.port)
+	_, addr := advFront(t, p, 5*time.Second, 10*time.Second)
+	for _, path := range []string{"/early-hints", "/split-head"} {
+		c := advDial(t, addr)
+		c.send(advGet("GET", "api.internal:"+up.port, path))
+		resp, body, _ := c.final("GET")
+		if resp.StatusCode != 200 || body != "ok" {
+			t.Errorf("%s: %d %q; want 200 \"ok\"", path, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestServerKeepsConnectionsAfterSlowRequests checks that the client
+// checks made while an upstream thinks do not leave a short deadline on
+// the connection: with no client timeouts at all, and with an idle
+// timeout under a second.
+func TestServerKeepsConnectionsAfterSlowRequests(t *testing.T) {
+	set := pkitest.New(t)
+	for _, tc := range []struct {
+		name         string
+		header, idle time.Duration
+		delay, pause time.Duration
+	}{
+		{"no timeouts", 0, 0, 700 * time.Millisecond, 0},
+		{"short idle timeout", time.Second, 300 * time.Millisecond, 200 * time.Millisecond, 150 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := advNewUpstream(t, set, func(w http.ResponseWriter, r *http.Request) {
+				time.Sleep(tc.delay)
+				fmt.Fprint(w, r.URL.Path)
+			})
+			p := advNewProxy(t, set, nil, up.port)
+			_, addr := advFront(t, p, tc.header, tc.idle)
+			c := advDial(t, addr)
+			for i := range 3 {
+				if i == 2 {
+					time.Sleep(tc.pause)
+				}
+				path := fmt.Sprintf("/slow/%d", i)
+				c.send(advGet("GET", "api.internal:"+up.port, path))
+				resp, body, err := c.next("GET", 5*time.Second)
+				if err != nil {
+					t.Fatalf("request %d on the same connection: %v", i, err)
+				}
+				if resp.StatusCode != 200 || body != path {
+					t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+				}
+			}
+		})
 	}
 }
