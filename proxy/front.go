@@ -579,8 +579,12 @@ func (fc *frontConn) viaTransport(t http.RoundTripper, r *frontReq, tg *target, 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ex.trace.GotConn = ex.gotConn
-	req = req.WithContext(httptrace.WithClientTrace(ctx, &ex.trace))
+	// A trace of its own, not ex's: http.Transport may still read it from
+	// a dial it started for this request after the request is done, when
+	// ex already serves the next one.
+	var reused atomic.Bool
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused.Store(i.Reused) }}
+	req = req.WithContext(httptrace.WithClientTrace(ctx, trace))
 	// While the upstream thinks, check now and then that the client is
 	// still there, as the goproxy path's request context would.
 	var mu sync.Mutex
@@ -603,6 +607,7 @@ func (fc *frontConn) viaTransport(t http.RoundTripper, r *frontReq, tg *target, 
 	waiting = false
 	check.Stop()
 	mu.Unlock()
+	ex.reused = reused.Load()
 	closeAfter := r.close || fc.s.shutdown.Load()
 	if err != nil {
 		perr := classifyUpstreamError(err, ex.host)
