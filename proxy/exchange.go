@@ -46,6 +46,9 @@ type exchange struct {
 	// exchange ends (goproxy leaves it open after a WebSocket ends).
 	clientConn net.Conn
 	trace      httptrace.ClientTrace
+	// upstreamBodyErr is the error that cut the upstream's response body
+	// short while goproxy copied it.
+	upstreamBodyErr error
 }
 
 func (ex *exchange) fail(perr *proxyError, cause error) {

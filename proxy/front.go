@@ -615,7 +615,7 @@ func (fc *frontConn) viaTransport(t http.RoundTripper, r *frontReq, tg *target, 
 		ex.status = perr.status
 		return fc.writeError(perr, closeAfter) && !closeAfter
 	}
-	poolBody(resp)
+	poolBody(resp, nil) // writeResponse sees the error itself
 	return fc.writeResponse(resp, ex, isHead, closeAfter, fc.s.Proxy.via) && !closeAfter
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -197,5 +198,40 @@ func TestServerKeepsConnectionsAfterSlowRequests(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTruncatedUpstreamBodyIsNotCompleted checks that a chunked body the
+// upstream cuts short reaches the client as cut short on both paths (a
+// GET on the direct path, a POST through goproxy), never as a whole
+// response.
+func TestTruncatedUpstreamBodyIsNotCompleted(t *testing.T) {
+	set := pkitest.New(t)
+	up := advNewRawUpstream(t, set, func(req *http.Request, w *bufio.Writer) bool {
+		w.WriteString("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+		return false // close without the last chunk
+	})
+	p := advNewProxy(t, set, nil, up.port)
+	_, addr := advFront(t, p, 5*time.Second, 10*time.Second)
+	pu, _ := url.Parse("http://" + addr)
+	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}, Timeout: 10 * time.Second}
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		req, _ := http.NewRequest(method, "http://api.internal:"+up.port+"/cut", strings.NewReader(""))
+		if method == http.MethodPost {
+			req.Body = io.NopCloser(strings.NewReader("x"))
+			req.ContentLength = 1
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Errorf("%s: body %q read to a clean end; want an error (the upstream cut it short)", method, b)
+		}
+		if string(b) != "hello" {
+			t.Errorf("%s: body %q; want the part the upstream sent, \"hello\"", method, b)
+		}
 	}
 }

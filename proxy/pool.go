@@ -15,6 +15,7 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // which io.Copy prefers over allocating its own buffer.
 type pooledBody struct {
 	io.ReadCloser
+	ex *exchange // records an upstream read error; may be nil
 }
 
 var _ io.WriterTo = (*pooledBody)(nil)
@@ -40,18 +41,22 @@ func (b *pooledBody) WriteTo(w io.Writer) (int64, error) {
 			return total, nil
 		}
 		if rerr != nil {
+			if b.ex != nil {
+				b.ex.upstreamBodyErr = rerr
+			}
 			return total, rerr
 		}
 	}
 }
 
-// poolBody wraps resp.Body for pooled copying. Upgrades keep their
-// read-write body, which goproxy needs.
-func poolBody(resp *http.Response) {
+// poolBody wraps resp.Body for pooled copying; an upstream read error is
+// recorded in ex (which may be nil). Upgrades keep their read-write body,
+// which goproxy needs.
+func poolBody(resp *http.Response, ex *exchange) {
 	if resp == nil || resp.Body == nil || resp.Body == http.NoBody || resp.StatusCode == http.StatusSwitchingProtocols {
 		return
 	}
-	resp.Body = &pooledBody{resp.Body}
+	resp.Body = &pooledBody{ReadCloser: resp.Body, ex: ex}
 }
 
 // finishBody ends an exchange whose access line cannot be written by

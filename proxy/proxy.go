@@ -214,6 +214,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// ends the relay goroutine still reading from it.
 		_ = ex.clientConn.Close()
 	}
+	if err := ex.upstreamBodyErr; err != nil && !ex.hijacked {
+		// goproxy ignores the error and returns normally, and the server
+		// would then end a chunked response cleanly: the client would
+		// take a truncated body for a whole one. Abort instead: the
+		// connection closes without the last chunk, as the upstream's did.
+		ex.detail = "upstream body: " + err.Error()
+		p.logAccess(ex, r)
+		panic(http.ErrAbortHandler)
+	}
 	p.logAccess(ex, r)
 }
 

@@ -296,7 +296,7 @@ func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Respo
 	if ts.fast.eligible(req) {
 		resp, err := ts.fast.roundTrip(req, ex)
 		if err != errFallback {
-			poolBody(resp)
+			poolBody(resp, ex)
 			finishOnBody(resp, ex)
 			return resp, err
 		}
@@ -311,7 +311,7 @@ func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Respo
 		return ts.h1.RoundTrip(req)
 	}
 	resp, err := ts.main.RoundTrip(req)
-	poolBody(resp)
+	poolBody(resp, ex)
 	finishOnBody(resp, ex)
 	return resp, err
 }
