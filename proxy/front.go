@@ -693,7 +693,24 @@ func (fc *frontConn) relay(pc *h1Conn, f *fastH1, addr string, ex *exchange, isH
 					big = copyBufs.Get().(*[]byte)
 					defer copyBufs.Put(big)
 				}
-				n, err := pc.br.Read((*big)[:min(left, int64(len(*big)))])
+				want := int(min(left, int64(len(*big))))
+				n, err := pc.br.Read((*big)[:want])
+				if n > 0 && n < want && err == nil {
+					// A read gives one TLS record (16 KiB at most); more are
+					// often already received. Take those too, without
+					// waiting (a deadline in the past makes the TLS layer
+					// use only what it holds), so that each write to the
+					// client carries more.
+					_ = pc.tc.SetReadDeadline(time.Unix(1, 0))
+					for n < want {
+						m, err := pc.br.Read((*big)[n:want])
+						n += m
+						if m == 0 || err != nil {
+							break
+						}
+					}
+					_ = pc.tc.SetReadDeadline(time.Time{})
+				}
 				if n > 0 {
 					_, werr = bw.Write((*big)[:n])
 					left -= int64(n)
