@@ -376,7 +376,7 @@ func (fc *frontConn) serve() {
 				fc.idleArmed = time.Time{}
 			}
 			var err error
-			if n, err = fc.readHead(); err != nil {
+			if n, err = readHead(fc.br); err != nil {
 				return // the client went away or was too slow: as Go's server, just close
 			}
 		}
@@ -421,12 +421,8 @@ func (fc *frontConn) bufferedHead() int {
 	return headLen(buf)
 }
 
-// readHead waits until a whole request head is buffered and returns its
-// length, or 0 if it is to be handed over (too long, bare LFs).
-func (fc *frontConn) readHead() (int, error) {
-	return readHead(fc.br)
-}
-
+// readHead waits until a whole head is buffered in br and returns its
+// length, or 0 if it is left to Go's reader (too long, bare LFs).
 func readHead(br *bufio.Reader) (int, error) {
 	for {
 		buf, _ := br.Peek(br.Buffered())
@@ -650,12 +646,7 @@ func (fc *frontConn) relay(pc *h1Conn, f *fastH1, addr string, ex *exchange, isH
 	ex.tlsVersion = pc.state.Version
 	bw := fc.writer()
 	writeStatusLine(bw, rr.code)
-	for _, h := range rr.hdrs {
-		bw.Write(h.name)
-		bw.WriteString(": ")
-		bw.Write(h.value)
-		bw.WriteString("\r\n")
-	}
+	writeHeaderLines(bw, rr.hdrs)
 	if len(rr.clen) > 0 && rr.code != http.StatusNoContent {
 		bw.WriteString("Content-Length: ")
 		bw.Write(rr.clen)
@@ -810,17 +801,29 @@ func (fc *frontConn) release() {
 // still usable.
 func (fc *frontConn) writeError(perr *proxyError, closeAfter bool) bool {
 	body := perr.body()
+	h := make(http.Header, 4)
+	perr.setHeaders(h, len(body))
 	bw := fc.writer()
 	writeStatusLine(bw, perr.status)
-	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n")
-	bw.WriteString(ErrorHeader + ": " + perr.code + "\r\nContent-Length: ")
-	bw.WriteString(strconv.Itoa(len(body)))
-	if closeAfter {
-		bw.WriteString("\r\nConnection: close")
+	for k, vs := range h {
+		writeHeaderValues(bw, k, vs)
 	}
-	bw.WriteString("\r\n\r\n")
+	if closeAfter {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
 	bw.WriteString(body)
 	return bw.Flush() == nil
+}
+
+// writeHeaderValues writes one "k: v" line per value.
+func writeHeaderValues(bw *bufio.Writer, k string, vs []string) {
+	for _, v := range vs {
+		bw.WriteString(k)
+		bw.WriteString(": ")
+		bw.WriteString(v)
+		bw.WriteString("\r\n")
+	}
 }
 
 func writeStatusLine(bw *bufio.Writer, code int) {
@@ -858,12 +861,7 @@ func (fc *frontConn) writeResponse(resp *http.Response, ex *exchange, isHead, cl
 		if k == "Content-Length" && (!bodyless || code == http.StatusNoContent) {
 			continue
 		}
-		for _, v := range vs {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
-		}
+		writeHeaderValues(bw, k, vs)
 	}
 	switch {
 	case chunked:
@@ -928,12 +926,7 @@ func (fc *frontConn) writeResponse(resp *http.Response, ex *exchange, isHead, cl
 		bw.WriteString("0\r\n")
 		// Trailers are known once the body has been read.
 		for k, vs := range resp.Trailer {
-			for _, v := range vs {
-				bw.WriteString(k)
-				bw.WriteString(": ")
-				bw.WriteString(v)
-				bw.WriteString("\r\n")
-			}
+			writeHeaderValues(bw, k, vs)
 		}
 		bw.WriteString("\r\n")
 	}

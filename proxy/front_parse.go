@@ -85,21 +85,12 @@ func (r *frontReq) parse(head []byte, p *Proxy) bool {
 	}
 	hosts := 0
 	for {
-		i := bytes.Index(rest, []byte("\r\n"))
-		if i < 0 {
+		name, value, more, ok := nextHeader(&rest)
+		if !ok {
 			return false
 		}
-		line, rest = rest[:i], rest[i+2:]
-		if len(line) == 0 {
+		if !more {
 			break
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || !validToken(line[:colon]) {
-			return false
-		}
-		name, value := line[:colon], trimOWS(line[colon+1:])
-		if !validValue(value) {
-			return false
 		}
 		switch {
 		case eqFold(name, "Host"):
@@ -112,15 +103,8 @@ func (r *frontReq) parse(head []byte, p *Proxy) bool {
 			eqFold(name, "Upgrade"), eqFold(name, "Te"), eqFold(name, "Trailer"), eqFold(name, "Http2-Settings"):
 			return false
 		case eqFold(name, "Connection"):
-			for tok := range bytes.SplitSeq(value, []byte(",")) {
-				tok = trimOWS(tok)
-				switch {
-				case eqFold(tok, "close"):
-					r.close = true
-				case len(tok) == 0, eqFold(tok, "keep-alive"):
-				default:
-					return false // names a header to drop: goproxy's path does that
-				}
+			if !connectionTokens(value, &r.close) {
+				return false
 			}
 			continue
 		case eqFold(name, "Proxy-Connection"), eqFold(name, "Keep-Alive"), eqFold(name, "Proxy-Authenticate"):
@@ -152,6 +136,55 @@ func (r *frontReq) parse(head []byte, p *Proxy) bool {
 	return hosts == 1
 }
 
+// nextHeader reads the next header line of a head from *rest (after the
+// start line). more is false at the empty line that ends the head; ok is
+// false for a line Server does not take (no colon, a bad name, control
+// characters in the value, a missing CRLF).
+func nextHeader(rest *[]byte) (name, value []byte, more, ok bool) {
+	i := bytes.Index(*rest, []byte("\r\n"))
+	if i < 0 {
+		return nil, nil, false, false
+	}
+	line := (*rest)[:i]
+	*rest = (*rest)[i+2:]
+	if len(line) == 0 {
+		return nil, nil, false, true
+	}
+	colon := bytes.IndexByte(line, ':')
+	if colon <= 0 || !validToken(line[:colon]) {
+		return nil, nil, false, false
+	}
+	name, value = line[:colon], trimOWS(line[colon+1:])
+	return name, value, true, validValue(value)
+}
+
+// connectionTokens reads a Connection value, setting *close for "close".
+// It is false if the value names anything but close and keep-alive: a
+// header to drop, which the goproxy path does.
+func connectionTokens(value []byte, close *bool) bool {
+	for tok := range bytes.SplitSeq(value, []byte(",")) {
+		tok = trimOWS(tok)
+		switch {
+		case eqFold(tok, "close"):
+			*close = true
+		case len(tok) == 0, eqFold(tok, "keep-alive"):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// writeHeaderLines writes "name: value" lines.
+func writeHeaderLines(bw *bufio.Writer, hdrs []frontHeader) {
+	for _, h := range hdrs {
+		bw.Write(h.name)
+		bw.WriteString(": ")
+		bw.Write(h.value)
+		bw.WriteString("\r\n")
+	}
+}
+
 func stripped(name []byte, strip []string) bool {
 	for _, s := range strip {
 		if eqFold(name, s) {
@@ -173,12 +206,7 @@ func (r *frontReq) writeHead(bw *bufio.Writer) {
 	if !r.hasUA {
 		bw.WriteString("User-Agent: Go-http-client/1.1\r\n") // as http.Request.Write, like the goproxy path
 	}
-	for _, h := range r.hdrs {
-		bw.Write(h.name)
-		bw.WriteString(": ")
-		bw.Write(h.value)
-		bw.WriteString("\r\n")
-	}
+	writeHeaderLines(bw, r.hdrs)
 	if r.via != "" {
 		bw.WriteString("Via: ")
 		bw.WriteString(r.via)
@@ -390,21 +418,12 @@ func (r *rawResp) parse(head []byte, isHead, via bool) bool {
 	}
 	r.code = code
 	for {
-		i := bytes.Index(rest, []byte("\r\n"))
-		if i < 0 {
+		name, value, more, ok := nextHeader(&rest)
+		if !ok {
 			return false
 		}
-		line, rest = rest[:i], rest[i+2:]
-		if len(line) == 0 {
+		if !more {
 			break
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || !validToken(line[:colon]) {
-			return false
-		}
-		name, value := line[:colon], trimOWS(line[colon+1:])
-		if !validValue(value) {
-			return false
 		}
 		switch {
 		case eqFold(name, "Content-Length"):
@@ -421,15 +440,8 @@ func (r *rawResp) parse(head []byte, isHead, via bool) bool {
 		case eqFold(name, "Transfer-Encoding"), eqFold(name, "Trailer"), eqFold(name, "Upgrade"):
 			return false
 		case eqFold(name, "Connection"):
-			for tok := range bytes.SplitSeq(value, []byte(",")) {
-				tok = trimOWS(tok)
-				switch {
-				case eqFold(tok, "close"):
-					r.close = true
-				case len(tok) == 0, eqFold(tok, "keep-alive"):
-				default:
-					return false
-				}
+			if !connectionTokens(value, &r.close) {
+				return false
 			}
 			continue
 		case eqFold(name, "Keep-Alive"), eqFold(name, "Proxy-Connection"), eqFold(name, "Proxy-Authenticate"),

@@ -310,7 +310,7 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 // request may not go there.
 func (p *Proxy) pick(host, port string, ex *exchange) (*Route, *proxyError) {
 	hostport := ex.host
-	if p.isSelf(host, port) {
+	if p.isSelf(host, port, hostport) {
 		return nil, &proxyError{status: http.StatusLoopDetected, code: CodeBadRequest,
 			msg: fmt.Sprintf("request for %s loops back to mtlsproxy itself; send it to the upstream's name instead", hostport)}
 	}
@@ -365,12 +365,13 @@ func (p *Proxy) matchAnyCaller(host, port string, gateway bool) bool {
 	return false
 }
 
-// isSelf reports whether host:port is one of the proxy's own listeners.
-func (p *Proxy) isSelf(host, port string) bool {
+// isSelf reports whether host:port (hostport, already joined) is one of
+// the proxy's own listeners.
+func (p *Proxy) isSelf(host, port, hostport string) bool {
 	if len(p.self) == 0 {
 		return false
 	}
-	if p.self[net.JoinHostPort(host, port)] {
+	if p.self[hostport] {
 		return true
 	}
 	// A listener on a loopback or unspecified address is also reached
