@@ -56,7 +56,22 @@ type Server struct {
 	active    sync.WaitGroup
 	// handoffs counts connections handed to HTTP.
 	handoffs atomic.Int64
+
+	// Goroutines done with a connection wait on work for the next one,
+	// up to maxIdleWorkers of them, until workDone is closed. A new
+	// goroutine starts with a small stack and grows it on every
+	// connection; one that has served a connection already has the
+	// stack serving needs.
+	work        chan *frontConn
+	workDone    chan struct{}
+	idleWorkers atomic.Int32
+	// workers counts the goroutines started to serve connections.
+	workers atomic.Int64
 }
+
+// maxIdleWorkers bounds the goroutines kept waiting for connections.
+// Their stacks shrink at garbage collection when they stay idle.
+const maxIdleWorkers = 256
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = http.ErrServerClosed
@@ -77,6 +92,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.listeners = map[net.Listener]struct{}{}
 		s.conns = map[*frontConn]struct{}{}
 		s.handoff = &handoffListener{addr: ln.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
+		s.work, s.workDone = make(chan *frontConn), make(chan struct{})
 		go func() { _ = s.HTTP.Serve(s.handoff) }()
 	}
 	s.listeners[ln] = struct{}{}
@@ -113,7 +129,31 @@ func (s *Server) Serve(ln net.Listener) error {
 		if s.Metrics != nil {
 			s.Metrics.openConns.Inc()
 		}
-		go fc.serve()
+		select {
+		case s.work <- fc:
+		default:
+			s.workers.Add(1)
+			go s.worker(fc)
+		}
+	}
+}
+
+// worker serves fc, then each connection Serve hands it, until there
+// are more idle workers than maxIdleWorkers or the server stops.
+func (s *Server) worker(fc *frontConn) {
+	for {
+		fc.serve()
+		if s.idleWorkers.Add(1) > maxIdleWorkers {
+			s.idleWorkers.Add(-1)
+			return
+		}
+		select {
+		case fc = <-s.work:
+			s.idleWorkers.Add(-1)
+		case <-s.workDone:
+			s.idleWorkers.Add(-1)
+			return
+		}
 	}
 }
 
@@ -162,6 +202,11 @@ func (s *Server) stop() {
 	}
 	if s.handoff != nil {
 		s.handoff.close()
+		select {
+		case <-s.workDone:
+		default:
+			close(s.workDone)
+		}
 	}
 	s.mu.Unlock()
 }

@@ -235,3 +235,45 @@ func TestTruncatedUpstreamBodyIsNotCompleted(t *testing.T) {
 		}
 	}
 }
+
+// TestServerReusesIdleGoroutines checks that connections one after
+// another are served by the goroutine that served the first, and that
+// the waiting goroutines leave when the server closes.
+func TestServerReusesIdleGoroutines(t *testing.T) {
+	set := pkitest.New(t)
+	up := newUpstream(t, set.ServerTLS(), func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, r.URL.Path)
+	})
+	tp := newTestProxy(t, set, []string{"api.internal"}, resolveTo(up.port, "api.internal:"+up.port))
+	waitIdle := func(want int32) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for tp.front.idleWorkers.Load() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d idle goroutines; want %d", tp.front.idleWorkers.Load(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for i := range 5 {
+		c, err := net.Dial("tcp", tp.url.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET http://api.internal:%s/n%d HTTP/1.1\r\nHost: api.internal:%s\r\nConnection: close\r\n\r\n", up.port, i, up.port)
+		b, err := io.ReadAll(c)
+		_ = c.Close()
+		if err != nil || !strings.HasSuffix(string(b), fmt.Sprintf("\r\n\r\n/n%d", i)) {
+			t.Fatalf("request %d: %q, %v", i, b, err)
+		}
+		waitIdle(1)
+	}
+	if n := tp.front.workers.Load(); n != 1 {
+		t.Errorf("%d goroutines started for 5 connections one after another; want 1", n)
+	}
+	if n := tp.front.handoffs.Load(); n != 0 {
+		t.Errorf("%d connections handed over; want 0", n)
+	}
+	_ = tp.front.Close()
+	waitIdle(0)
+}

@@ -118,7 +118,7 @@ func listen(addr string, mode os.FileMode) (net.Listener, error) {
 		// No TCP keep-alive probes on client connections: the client
 		// idle timeout already closes idle ones, and setting the probes
 		// up costs four system calls per accepted connection.
-		lc := net.ListenConfig{KeepAlive: -1}
+		lc := net.ListenConfig{KeepAlive: -1, Control: deferAccept}
 		return lc.Listen(context.Background(), "tcp", addr)
 	}
 	if fi, err := os.Lstat(path); err == nil {
