@@ -77,8 +77,10 @@ const maxIdleWorkers = 256
 var ErrServerClosed = http.ErrServerClosed
 
 // Serve accepts connections on ln until Shutdown or Close, and returns
-// ErrServerClosed then.
+// ErrServerClosed then. On Linux, Serve accepts from a *net.TCPListener's
+// socket itself (see rawListener); ln then only serves to be closed.
 func (s *Server) Serve(ln net.Listener) error {
+	ln = fastListener(ln)
 	s.mu.Lock()
 	if s.shutdown.Load() {
 		s.mu.Unlock()

@@ -332,6 +332,7 @@ func (r *Route) handshake(ctx context.Context, network, addr string, cfg *tls.Co
 	if err != nil {
 		return nil, err
 	}
+	conn = rawIO(conn)
 	if cfg.ServerName == "" {
 		host, _, _ := net.SplitHostPort(addr)
 		cfg = cfg.Clone()
