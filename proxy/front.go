@@ -78,7 +78,8 @@ var ErrServerClosed = http.ErrServerClosed
 
 // Serve accepts connections on ln until Shutdown or Close, and returns
 // ErrServerClosed then. On Linux, Serve accepts from a *net.TCPListener's
-// socket itself (see rawListener); ln then only serves to be closed.
+// socket itself (see rawListener): only Shutdown or Close stop it then,
+// closing ln alone does not.
 func (s *Server) Serve(ln net.Listener) error {
 	ln = fastListener(ln)
 	s.mu.Lock()

@@ -1,3 +1,5 @@
+//go:build linux && !386
+
 package proxy
 
 import (
@@ -39,7 +41,10 @@ type rawListener struct {
 }
 
 // fastListener returns ln, or for a TCP listener, a rawListener on the
-// same socket. ln must not be used afterwards except to Close it.
+// same socket. ln must not be used afterwards; closing it alone does not
+// close the socket (the rawListener holds a copy of its descriptor), and
+// its keep-alive setting does not apply (connections get no TCP
+// keep-alive probes).
 func fastListener(ln net.Listener) net.Listener {
 	tl, ok := ln.(*net.TCPListener)
 	if !ok {
@@ -382,6 +387,9 @@ func (c *lazyConn) control(op string, fn func(fd int) error) error {
 	defer c.mu.Unlock()
 	var err error
 	if f := c.f.Load(); f != nil {
+		if c.fclosed.Load() {
+			return c.opError(op, net.ErrClosed)
+		}
 		rc, rerr := f.SyscallConn()
 		if rerr != nil {
 			return c.opError(op, fileError(op, rerr))
@@ -454,6 +462,9 @@ func (c *lazyConn) setDeadline(t time.Time, read, write bool) error {
 }
 
 func (c *lazyConn) fileDeadline(f *os.File, t time.Time, read, write bool) error {
+	if c.fclosed.Load() {
+		return c.opError("set", net.ErrClosed)
+	}
 	var err error
 	switch {
 	case read && write:
