@@ -67,6 +67,8 @@ type Server struct {
 	idleWorkers atomic.Int32
 	// workers counts the goroutines started to serve connections.
 	workers atomic.Int64
+	// idleWait, if set (in nanoseconds), replaces workerIdle; for tests.
+	idleWait atomic.Int64
 }
 
 // maxIdleWorkers bounds the goroutines kept waiting for connections.
@@ -141,24 +143,43 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-// worker serves fc, then each connection Serve hands it, until there
-// are more idle workers than maxIdleWorkers or the server stops.
+// worker serves fc, then each connection Serve hands it, until it has
+// waited workerIdle for one, there are more idle workers than
+// maxIdleWorkers, or the server stops.
 func (s *Server) worker(fc *frontConn) {
+	var idle *time.Timer
 	for {
 		fc.serve()
 		if s.idleWorkers.Add(1) > maxIdleWorkers {
 			s.idleWorkers.Add(-1)
 			return
 		}
+		wait := workerIdle
+		if d := s.idleWait.Load(); d > 0 {
+			wait = time.Duration(d)
+		}
+		if idle == nil {
+			idle = time.NewTimer(wait)
+		} else {
+			idle.Reset(wait)
+		}
 		select {
 		case fc = <-s.work:
 			s.idleWorkers.Add(-1)
+		case <-idle.C:
+			s.idleWorkers.Add(-1)
+			return
 		case <-s.workDone:
 			s.idleWorkers.Add(-1)
 			return
 		}
 	}
 }
+
+// workerIdle is how long a goroutine done with a connection waits for the
+// next one. Under a steady stream of connections it never waits that
+// long; after a burst, the goroutines left over leave.
+const workerIdle = time.Second
 
 // Shutdown stops accepting, closes idle connections, lets requests in
 // progress finish, and waits for them (and for HTTP's Shutdown) until ctx

@@ -245,6 +245,7 @@ func TestServerReusesIdleGoroutines(t *testing.T) {
 		fmt.Fprint(w, r.URL.Path)
 	})
 	tp := newTestProxy(t, set, []string{"api.internal"}, resolveTo(up.port, "api.internal:"+up.port))
+	tp.front.idleWait.Store(int64(time.Minute)) // however slow the machine
 	waitIdle := func(want int32) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
@@ -273,6 +274,34 @@ func TestServerReusesIdleGoroutines(t *testing.T) {
 	}
 	if n := tp.front.handoffs.Load(); n != 0 {
 		t.Errorf("%d connections handed over; want 0", n)
+	}
+	// Left idle, a waiting goroutine leaves on its own: the one waiting
+	// now still has a minute to go, so one more connection, then a short
+	// wait.
+	tp.front.idleWait.Store(int64(100 * time.Millisecond))
+	c, err := net.Dial("tcp", tp.url.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "GET http://api.internal:%s/idle HTTP/1.1\r\nHost: api.internal:%s\r\nConnection: close\r\n\r\n", up.port, up.port)
+	if b, err := io.ReadAll(c); err != nil || !strings.HasSuffix(string(b), "/idle") {
+		t.Fatalf("request: %q, %v", b, err)
+	}
+	_ = c.Close()
+	waitIdle(0)
+	// And the next connection starts one again.
+	c, err = net.Dial("tcp", tp.url.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "GET http://api.internal:%s/last HTTP/1.1\r\nHost: api.internal:%s\r\nConnection: close\r\n\r\n", up.port, up.port)
+	if b, err := io.ReadAll(c); err != nil || !strings.HasSuffix(string(b), "/last") {
+		t.Fatalf("request after the idle goroutine left: %q, %v", b, err)
+	}
+	_ = c.Close()
+	waitIdle(1)
+	if n := tp.front.workers.Load(); n != 2 {
+		t.Errorf("%d goroutines started; want 2", n)
 	}
 	_ = tp.front.Close()
 	waitIdle(0)
