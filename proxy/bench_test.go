@@ -19,12 +19,15 @@ import (
 func BenchmarkForward(b *testing.B) {
 	for _, size := range []int{0, 16 << 10} {
 		b.Run(map[int]string{0: "empty", 16 << 10: "16KiB"}[size], func(b *testing.B) {
-			benchForward(b, size)
+			benchForward(b, size, false)
 		})
 	}
+	// A connection to the proxy per request (the client sends
+	// Connection: close), as with clients that do not keep connections.
+	b.Run("empty-close", func(b *testing.B) { benchForward(b, 0, true) })
 }
 
-func benchForward(b *testing.B, size int) {
+func benchForward(b *testing.B, size int, closeEach bool) {
 	set := pkitest.New(b)
 	payload := make([]byte, size)
 	up := newUpstream(b, set.ServerTLS(), func(w http.ResponseWriter, r *http.Request) {
@@ -43,7 +46,8 @@ func benchForward(b *testing.B, size int) {
 		b.Fatal(err)
 	}
 	pu, _ := url.Parse(serveProxy(b, p))
-	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu), MaxIdleConnsPerHost: 64}}
+	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu), MaxIdleConnsPerHost: 64,
+		DisableKeepAlives: closeEach}}
 	target := "http://api.internal:" + up.port + "/bench"
 
 	b.ReportAllocs()
