@@ -396,13 +396,24 @@ type advEnv struct {
 
 func advNewEnv(t testing.TB, h http.HandlerFunc) *advEnv {
 	t.Helper()
+	return advNewEnvMod(t, h, nil)
+}
+
+// advNewEnvMod is advNewEnv with the proxy's options changed by mod,
+// which is given the upstream's port.
+func advNewEnvMod(t testing.TB, h http.HandlerFunc, mod func(port string, ro *RouteOptions, o *Options)) *advEnv {
+	t.Helper()
 	if h == nil {
 		h = advEcho
 	}
 	env := &advEnv{set: pkitest.New(t)}
 	env.up = advNewUpstream(t, env.set, h)
 	env.host = "api.internal:" + env.up.port
-	env.p = advNewProxy(t, env.set, nil, env.up.port)
+	var m func(*RouteOptions, *Options)
+	if mod != nil {
+		m = func(ro *RouteOptions, o *Options) { mod(env.up.port, ro, o) }
+	}
+	env.p = advNewProxy(t, env.set, m, env.up.port)
 	env.front, env.fAddr = advFront(t, env.p, time.Second, 10*time.Second)
 	env.sAddr = advSlow(t, env.p, time.Second, 10*time.Second)
 	return env
@@ -1571,15 +1582,10 @@ func TestAdvClientGoneStopsUpstreamWait(t *testing.T) {
 // TestAdvGatewayMatchesGoproxyPath: origin-form requests on a gateway
 // listener, compared with the goproxy path.
 func TestAdvGatewayMatchesGoproxyPath(t *testing.T) {
-	env := &advEnv{set: pkitest.New(t)}
-	env.up = advNewUpstream(t, env.set, advEcho)
-	env.host = "api.internal:" + env.up.port
-	env.p = advNewProxy(t, env.set, func(ro *RouteOptions, o *Options) {
-		o.Upstream, _ = url.Parse("https://api.internal:" + env.up.port + "/")
-		ro.Hosts = []HostPattern{mustParseHostPattern("api.internal:" + env.up.port)}
-	}, env.up.port)
-	_, env.fAddr = advFront(t, env.p, time.Second, 10*time.Second)
-	env.sAddr = advSlow(t, env.p, time.Second, 10*time.Second)
+	env := advNewEnvMod(t, nil, func(port string, ro *RouteOptions, o *Options) {
+		o.Upstream, _ = url.Parse("https://api.internal:" + port + "/")
+		ro.Hosts = []HostPattern{mustParseHostPattern("api.internal:" + port)}
+	})
 	for _, tc := range []struct{ name, raw string }{
 		{"plain", "GET /g?x=1 HTTP/1.1\r\nHost: anything\r\n" + advFrontProbe + "\r\n\r\n"},
 		{"root", "GET / HTTP/1.1\r\nHost: anything\r\n" + advFrontProbe + "\r\n\r\n"},
@@ -1606,15 +1612,10 @@ func TestAdvGatewayMatchesGoproxyPath(t *testing.T) {
 // last ones it accepted), as on the goproxy path, and the credentials
 // never reach the upstream.
 func TestAdvProxyAuthPerRequest(t *testing.T) {
-	env := &advEnv{set: pkitest.New(t)}
-	env.up = advNewUpstream(t, env.set, advEcho)
-	env.host = "api.internal:" + env.up.port
-	env.p = advNewProxy(t, env.set, func(ro *RouteOptions, o *Options) {
+	env := advNewEnvMod(t, nil, func(_ string, ro *RouteOptions, o *Options) {
 		ro.Clients = []string{"alice"}
 		o.Clients = NewClients(map[string]string{"alice": "pa", "bob": "pb"})
-	}, env.up.port)
-	_, env.fAddr = advFront(t, env.p, time.Second, 10*time.Second)
-	env.sAddr = advSlow(t, env.p, time.Second, 10*time.Second)
+	})
 	basic := func(userpass string) string {
 		return "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(userpass))
 	}
@@ -1668,13 +1669,9 @@ func TestAdvProxyAuthPerRequest(t *testing.T) {
 // connection proved are forgotten with it (the front reuses its
 // per-connection state).
 func TestAdvProxyAuthNotCarriedAcrossConnections(t *testing.T) {
-	env := &advEnv{set: pkitest.New(t)}
-	env.up = advNewUpstream(t, env.set, advEcho)
-	env.host = "api.internal:" + env.up.port
-	env.p = advNewProxy(t, env.set, func(_ *RouteOptions, o *Options) {
+	env := advNewEnvMod(t, nil, func(_ string, _ *RouteOptions, o *Options) {
 		o.Clients = NewClients(map[string]string{"alice": "pa"})
-	}, env.up.port)
-	_, env.fAddr = advFront(t, env.p, time.Second, 10*time.Second)
+	})
 	alice := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:pa"))
 	for i := range 20 {
 		a := advDial(t, env.fAddr)
