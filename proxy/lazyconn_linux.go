@@ -99,7 +99,7 @@ func (l *rawListener) accept(fd uintptr) bool {
 	}
 }
 
-// rawToTCP decodes an accepted peer's address.
+// rawToTCP decodes a socket address from accept or getsockname.
 func rawToTCP(rsa *syscall.RawSockaddrAny) *net.TCPAddr {
 	switch rsa.Addr.Family {
 	case syscall.AF_INET:
@@ -154,22 +154,6 @@ func (l *rawListener) Close() error {
 
 // Addr returns the listener's address.
 func (l *rawListener) Addr() net.Addr { return l.addr }
-
-func sockaddrToTCP(sa syscall.Sockaddr) *net.TCPAddr {
-	switch sa := sa.(type) {
-	case *syscall.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IPv4(sa.Addr[0], sa.Addr[1], sa.Addr[2], sa.Addr[3]), Port: sa.Port}
-	case *syscall.SockaddrInet6:
-		a := &net.TCPAddr{IP: append(net.IP(nil), sa.Addr[:]...), Port: sa.Port}
-		if sa.ZoneId != 0 {
-			if ifi, err := net.InterfaceByIndex(int(sa.ZoneId)); err == nil {
-				a.Zone = ifi.Name
-			}
-		}
-		return a
-	}
-	return &net.TCPAddr{}
-}
 
 // lazyConn is an accepted TCP connection that reads, writes and closes
 // with plain system calls on its descriptor until a read or a write would
@@ -227,60 +211,65 @@ func rawWrite(fd int, b []byte) (int, syscall.Errno) {
 // passed reports whether deadline d is set and has passed.
 func passed(d time.Time) bool { return !d.IsZero() && !d.After(time.Now()) }
 
+// lockDirect takes c.mu for a direct read (or write) and reports true,
+// unless c already waits on the poller (false, nil) or is closed or past
+// its deadline (the error). On false, c.mu is not held.
+func (c *lazyConn) lockDirect(op string, read bool) (bool, error) {
+	if c.f.Load() != nil {
+		return false, nil
+	}
+	c.mu.Lock()
+	deadline := c.wdl
+	if read {
+		deadline = c.rdl
+	}
+	switch {
+	case c.f.Load() != nil:
+		c.mu.Unlock()
+		return false, nil
+	case c.closed:
+		c.mu.Unlock()
+		return false, c.opError(op, net.ErrClosed)
+	case passed(deadline):
+		c.mu.Unlock()
+		return false, c.opError(op, os.ErrDeadlineExceeded)
+	}
+	return true, nil
+}
+
 // Read reads like a net.TCPConn.
 func (c *lazyConn) Read(b []byte) (int, error) {
-	if c.f.Load() != nil {
-		return c.pollRead(b)
-	}
 	if len(b) == 0 {
 		return 0, nil
 	}
-	c.mu.Lock()
-	if c.f.Load() != nil {
-		c.mu.Unlock()
-		return c.pollRead(b)
-	}
-	switch {
-	case c.closed:
-		c.mu.Unlock()
-		return 0, c.opError("read", net.ErrClosed)
-	case passed(c.rdl):
-		c.mu.Unlock()
-		return 0, c.opError("read", os.ErrDeadlineExceeded)
+	direct, err := c.lockDirect("read", true)
+	if !direct {
+		if err != nil {
+			return 0, err
+		}
+		return c.dio.Read(b, c.fileOpError)
 	}
 	n, e := rawRead(c.fd, b)
 	if e == syscall.EAGAIN {
 		c.pollable()
 		c.mu.Unlock()
-		return c.pollRead(b)
+		return c.dio.Read(b, c.fileOpError)
 	}
 	c.mu.Unlock()
-	switch {
-	case e != 0:
-		return 0, c.opError("read", os.NewSyscallError("read", e))
-	case n == 0:
-		return 0, io.EOF
-	}
-	return n, nil
+	return ioResult("read", n, e, nil, c.opError)
 }
 
 // Write writes like a net.TCPConn.
 func (c *lazyConn) Write(b []byte) (int, error) {
-	if c.f.Load() != nil {
-		return c.pollWrite(b)
+	if len(b) == 0 {
+		return 0, nil
 	}
-	c.mu.Lock()
-	if c.f.Load() != nil {
-		c.mu.Unlock()
-		return c.pollWrite(b)
-	}
-	switch {
-	case c.closed:
-		c.mu.Unlock()
-		return 0, c.opError("write", net.ErrClosed)
-	case passed(c.wdl):
-		c.mu.Unlock()
-		return 0, c.opError("write", os.ErrDeadlineExceeded)
+	direct, err := c.lockDirect("write", false)
+	if !direct {
+		if err != nil {
+			return 0, err
+		}
+		return c.dio.Write(b, c.fileOpError)
 	}
 	n := 0
 	for n < len(b) {
@@ -288,34 +277,17 @@ func (c *lazyConn) Write(b []byte) (int, error) {
 		if e == syscall.EAGAIN {
 			c.pollable()
 			c.mu.Unlock()
-			m, err := c.pollWrite(b[n:])
+			m, err := c.dio.Write(b[n:], c.fileOpError)
 			return n + m, err
 		}
 		if e != 0 {
 			c.mu.Unlock()
-			return n, c.opError("write", os.NewSyscallError("write", e))
+			return ioResult("write", n, e, nil, c.opError)
 		}
 		n += m
 	}
 	c.mu.Unlock()
 	return n, nil
-}
-
-// pollRead and pollWrite read and write once c waits on the poller.
-func (c *lazyConn) pollRead(b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	n, e, err := c.dio.read(b)
-	return ioResult("read", n, e, err, c.fileOpError)
-}
-
-func (c *lazyConn) pollWrite(b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	n, e, err := c.dio.write(b)
-	return ioResult("write", n, e, err, c.fileOpError)
 }
 
 // fileOpError wraps an error from waiting on the poller.
@@ -413,15 +385,18 @@ func (c *lazyConn) LocalAddr() net.Addr {
 	if a := c.laddr.Load(); a != nil {
 		return *a
 	}
-	var sa syscall.Sockaddr
-	_ = c.control("getsockname", func(fd int) (err error) {
-		sa, err = syscall.Getsockname(fd)
-		return err
+	var rsa syscall.RawSockaddrAny
+	err := c.control("getsockname", func(fd int) error {
+		n := uint32(syscall.SizeofSockaddrAny)
+		if _, _, e := syscall.RawSyscall(syscall.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n))); e != 0 {
+			return e
+		}
+		return nil
 	})
-	if sa == nil {
+	if err != nil {
 		return &net.TCPAddr{}
 	}
-	var a net.Addr = sockaddrToTCP(sa)
+	var a net.Addr = rawToTCP(&rsa)
 	c.laddr.Store(&a)
 	return a
 }
@@ -539,30 +514,36 @@ func (d *directIO) doWrite(fd uintptr) bool {
 	return true
 }
 
-// read reads into b (not empty): n bytes, and the call's error number or
-// the error waiting gave.
-func (d *directIO) read(b []byte) (int, syscall.Errno, error) {
+// Read reads into b like a net.Conn, with errors wrapped by wrap.
+func (d *directIO) Read(b []byte, wrap func(op string, err error) error) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
 	d.rmu.Lock()
 	d.rbuf, d.rn, d.rerr = b, 0, 0
 	err := d.rc.Read(d.readFn)
 	n, e := d.rn, d.rerr
 	d.rbuf = nil
 	d.rmu.Unlock()
-	return n, e, err
+	return ioResult("read", n, e, err, wrap)
 }
 
-// write writes all of b (not empty), unless an error comes first.
-func (d *directIO) write(b []byte) (int, syscall.Errno, error) {
+// Write writes all of b like a net.Conn, with errors wrapped by wrap.
+func (d *directIO) Write(b []byte, wrap func(op string, err error) error) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
 	d.wmu.Lock()
 	d.wbuf, d.wn, d.werr = b, 0, 0
 	err := d.rc.Write(d.writeFn)
 	n, e := d.wn, d.werr
 	d.wbuf = nil
 	d.wmu.Unlock()
-	return n, e, err
+	return ioResult("write", n, e, err, wrap)
 }
 
-// ioResult turns what directIO gave into what a net.Conn returns.
+// ioResult turns a read's or write's count, error number and error from
+// waiting into what a net.Conn returns.
 func ioResult(op string, n int, e syscall.Errno, err error, opError func(string, error) error) (int, error) {
 	switch {
 	case err != nil:
@@ -599,22 +580,10 @@ func rawIO(c net.Conn) net.Conn {
 }
 
 // Read reads like net.TCPConn.Read.
-func (c *rawTCP) Read(b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	n, e, err := c.dio.read(b)
-	return ioResult("read", n, e, err, c.opError)
-}
+func (c *rawTCP) Read(b []byte) (int, error) { return c.dio.Read(b, c.opError) }
 
 // Write writes like net.TCPConn.Write.
-func (c *rawTCP) Write(b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	n, e, err := c.dio.write(b)
-	return ioResult("write", n, e, err, c.opError)
-}
+func (c *rawTCP) Write(b []byte) (int, error) { return c.dio.Write(b, c.opError) }
 
 // opError wraps err the way net.TCPConn does. RawConn's own errors (a
 // passed deadline, a closed connection) come wrapped for a "raw-read" or
