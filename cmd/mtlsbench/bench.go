@@ -447,6 +447,12 @@ func (b *bench) startProxy(ctx context.Context, rp *runningProxy, mtlsBin string
 			return err
 		}
 		cmd = exec.Command(bin, "-p", dir+"/", "-c", rp.Config, "-e", "stderr")
+	case rp.Name == "no-proxy":
+		rp.Config, err = writeFile(dir, "nginx.conf", directNginxConfig(dir, b.nginxV, b.opts.Workers, b.files, rp.Port))
+		if err != nil {
+			return err
+		}
+		cmd = exec.Command(bin, "-p", dir+"/", "-c", rp.Config, "-e", "stderr")
 	case rp.Name == "haproxy":
 		if rp.Config, err = writeFile(dir, "haproxy.cfg", haproxyConfig(b.files, rp.Port, b.upstreamPort)); err != nil {
 			return err

@@ -70,10 +70,7 @@ events { worker_connections 4096; }
 // file, and keeps connections open for a long time.
 func upstreamNginxConfig(dir, nginxV, workers string, f files, port int) string {
 	q := strconv.Quote
-	return nginxMain(dir, workers) + fmt.Sprintf(`http {
-    access_log off;
-%s    server {
-        listen 127.0.0.1:%d ssl;
+	return originNginxConfig(dir, nginxV, workers, f, fmt.Sprintf(`        listen 127.0.0.1:%d ssl;
         server_name %s;
         ssl_certificate %s;
         ssl_certificate_key %s;
@@ -81,7 +78,24 @@ func upstreamNginxConfig(dir, nginxV, workers string, f files, port int) string 
         ssl_verify_client on;
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:upstream:10m;
-        keepalive_requests 1000000;
+`, port, upstreamHost, q(f.ServerCert), q(f.ServerKey), q(f.CA)))
+}
+
+// directNginxConfig is the no-proxy row: the upstream's content on a
+// plain-HTTP listener, which wrk reaches with no proxy and no TLS.
+func directNginxConfig(dir, nginxV, workers string, f files, port int) string {
+	return originNginxConfig(dir, nginxV, workers, f, fmt.Sprintf("        listen 127.0.0.1:%d;\n", port))
+}
+
+// originNginxConfig is an nginx that answers "/" with "ok\n" and serves
+// the 1 MiB file itself, and keeps connections open for a long time;
+// listen holds the server block's listen and TLS directives.
+func originNginxConfig(dir, nginxV, workers string, f files, listen string) string {
+	q := strconv.Quote
+	return nginxMain(dir, workers) + fmt.Sprintf(`http {
+    access_log off;
+%s    server {
+%s        keepalive_requests 1000000;
         keepalive_timeout 300s;
         default_type application/octet-stream;
         root %s;
@@ -91,7 +105,7 @@ func upstreamNginxConfig(dir, nginxV, workers string, f files, port int) string 
         }
     }
 }
-`, nginxTempPaths(dir, nginxV), port, upstreamHost, q(f.ServerCert), q(f.ServerKey), q(f.CA), q(f.WWW), q(smallBody))
+`, nginxTempPaths(dir, nginxV), listen, q(f.WWW), q(smallBody))
 }
 
 // nginxForwardConfig is nginx as the mTLS originator: a plain listener,
@@ -178,7 +192,7 @@ type proxyDef struct {
 	Name string
 	// Level is "http" for a proxy that pools upstream connections across
 	// client connections, "tcp" for a tunnel (one upstream connection per
-	// client connection).
+	// client connection), "none" for the no-proxy row.
 	Level string
 	// Forward: the proxy takes absolute-form requests (HTTP_PROXY clients);
 	// otherwise it is a plain listener for origin-form requests.
@@ -218,6 +232,8 @@ var allProxies = []proxyDef{
 	{Name: "ghostunnel", Level: "tcp", Peer: true, Binary: []string{"ghostunnel"},
 		Install: "not a Debian package: put a release binary from https://github.com/ghostunnel/ghostunnel/releases in $PATH",
 		Note:    "ghostunnel client, TCP level"},
+	{Name: "no-proxy", Level: "none", Binary: []string{"nginx", "/usr/sbin/nginx"}, Install: "apt-get install nginx-light",
+		Note: "not a proxy: wrk straight to an nginx that answers itself over plain HTTP (same body, same 1 MiB file; auto workers; no access log). The ceiling this machine and wrk reach with no proxy and no TLS"},
 	{Name: "mtlsproxy-mitm", Level: "http", MITM: true, mtlsArgs: []string{"mitm"},
 		Note: "config file with mitm_ca from `mtlsproxy ca init --permit api.internal` and a route with connect: mitm; default info-level JSON access log to /dev/null"},
 	{Name: "mitmproxy", Level: "http", Peer: true, MITM: true, Binary: []string{"mitmdump"}, Install: "apt-get install mitmproxy",

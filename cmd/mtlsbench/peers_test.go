@@ -76,3 +76,11 @@ func TestWrkRequestFor(t *testing.T) {
 		t.Errorf("gateway close: %+v", r)
 	}
 }
+
+func TestDirectNginxConfig(t *testing.T) {
+	c := directNginxConfig("/t/no-proxy", "", "auto", testFiles, 8090)
+	containsAll(t, "no-proxy config", c, "worker_processes auto;", "listen 127.0.0.1:8090;", `root "/t/www";`, `return 200 "ok\n";`)
+	if strings.Contains(c, "ssl") {
+		t.Errorf("the no-proxy nginx speaks TLS:\n%s", c)
+	}
+}

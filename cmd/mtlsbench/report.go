@@ -278,13 +278,15 @@ func comparisons(sums []summary) []string {
 		byCase[s.Case] = append(byCase[s.Case], s)
 	}
 	for _, c := range order {
-		var ours, peer, tunnel *summary
+		var ours, peer, tunnel, direct *summary
 		for i := range byCase[c] {
 			s := &byCase[c][i]
 			if s.Rounds == 0 {
 				continue
 			}
 			switch {
+			case s.Level == "none":
+				direct = s
 			case !s.Peer:
 				if ours == nil || s.MedianRPS > ours.MedianRPS {
 					ours = s
@@ -317,6 +319,9 @@ func comparisons(sums []summary) []string {
 		}
 		if c == "close" && tunnel != nil && tunnel.MedianRPS > 0 {
 			line += fmt.Sprintf("; %.0f× the best TCP-level tunnel (%s, %s rps)", ours.MedianRPS/tunnel.MedianRPS, tunnel.Proxy, fmtInt(tunnel.MedianRPS))
+		}
+		if direct != nil && direct.MedianRPS > 0 {
+			line += fmt.Sprintf("; with no proxy at all, %s rps: mtlsproxy reaches %.0f%% of it", fmtInt(direct.MedianRPS), 100*ours.MedianRPS/direct.MedianRPS)
 		}
 		out = append(out, line)
 	}
@@ -457,7 +462,7 @@ func gatherMachine(goCmd, wrkBin string) machineInfo {
 func binaryVersion(name, bin string) string {
 	var args []string
 	switch name {
-	case "nginx":
+	case "nginx", "no-proxy":
 		args = []string{"-v"}
 	case "haproxy":
 		args = []string{"-v"}
@@ -494,7 +499,7 @@ func versionLine(name, out string) string {
 		}
 	}
 	switch name {
-	case "nginx":
+	case "nginx", "no-proxy":
 		pick = strings.TrimPrefix(pick, "nginx version: ")
 	case "wrk":
 		if i := strings.Index(pick, " Copyright"); i >= 0 {

@@ -198,3 +198,28 @@ func TestCPUModel(t *testing.T) {
 		t.Errorf("empty: %q", got)
 	}
 }
+
+// The no-proxy row is neither ours nor a peer: it only sets the ceiling
+// that the best mtlsproxy row is measured against.
+func TestComparisonsNoProxy(t *testing.T) {
+	row := func(proxy, level string, peer bool, rps float64) summary {
+		return summary{Proxy: proxy, Case: "close", Level: level, Peer: peer, Rounds: 3, MedianRPS: rps, P99US: 1000, CPUPerReqUS: 50}
+	}
+	sums := []summary{
+		row("mtlsproxy-forward", "http", false, 12000),
+		row("haproxy", "http", true, 10000),
+		row("stunnel", "tcp", true, 1000),
+		row("no-proxy", "none", false, 16000),
+	}
+	got := comparisons(sums)
+	want := "close: mtlsproxy-forward 12,000 rps vs haproxy 10,000 rps: 1.20×; p99 1.00 ms vs 1.00 ms; CPU 50.0 vs 50.0 µs/req; " +
+		"12× the best TCP-level tunnel (stunnel, 1,000 rps); with no proxy at all, 16,000 rps: mtlsproxy reaches 75% of it"
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
+	// A faster no-proxy row must not be taken for mtlsproxy's best.
+	sums[3].MedianRPS = 99000
+	if got := comparisons(sums); len(got) != 1 || !strings.HasPrefix(got[0], "close: mtlsproxy-forward 12,000 rps") {
+		t.Errorf("no-proxy row taken as ours: %q", got)
+	}
+}
