@@ -330,7 +330,9 @@ func init() {
 	for c := 0; c < 256; c++ {
 		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 		tokenChars[c] = alnum || bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), byte(c)) >= 0
-		hostChars[c] = alnum || bytes.IndexByte([]byte("!$%&'()*+,-.:;=@[]_~"), byte(c)) >= 0
+		// Go's server's Host bytes (httpguts): no '@', so that a Host
+		// with user info gets the same 400 on both paths.
+		hostChars[c] = alnum || bytes.IndexByte([]byte("!$%&'()*+,-.:;=[]_~"), byte(c)) >= 0
 		// RFC 3986 pchar, '/' and '?': what Go's URL parser keeps byte
 		// for byte. '%' is checked separately.
 		targetChars[c] = alnum || bytes.IndexByte([]byte("-._~!$&'()*+,;=:@/?"), byte(c)) >= 0
