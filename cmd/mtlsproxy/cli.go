@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 )
 
@@ -22,6 +23,8 @@ type cli struct {
 	// onListen, if set, is called with each listener's address once it
 	// accepts connections.
 	onListen func(name string, addr net.Addr)
+	// inherited are a worker's listening sockets (see workers.go).
+	inherited []*os.File
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

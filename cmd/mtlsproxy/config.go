@@ -40,6 +40,8 @@ type fileConfig struct {
 	// MaxConnections caps open client connections per listener; 0 means
 	// no cap.
 	MaxConnections int `yaml:"max_connections"`
+	// Workers is the number of serving processes (default 1).
+	Workers int `yaml:"workers"`
 	// ReloadInterval re-reads identities and trust bundles periodically
 	// (default 1m; 0 turns it off). File changes are also watched.
 	ReloadInterval *time.Duration `yaml:"reload_interval"`

@@ -181,7 +181,7 @@ func parseWithEnv(env map[string]string, args ...string) (*runConfig, error) {
 }
 
 func TestRunFlagsEnvironment(t *testing.T) {
-	defaults := runConfig{Listen: "127.0.0.1:8080", LogLevel: "info", LogFormat: "json",
+	defaults := runConfig{Listen: "127.0.0.1:8080", LogLevel: "info", LogFormat: "json", Workers: 1,
 		ShutdownTimeout: 30 * time.Second, ReadHeaderTimeout: 30 * time.Second, ClientIdleTimeout: 2 * time.Minute,
 		DialTimeout: 10 * time.Second, TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 60 * time.Second,
 		IdleConnTimeout: 90 * time.Second, ReloadInterval: time.Minute, ExpiryWarning: 7 * 24 * time.Hour, HTTP2: true, SocketMode: "0660"}
@@ -317,5 +317,36 @@ func TestStringList(t *testing.T) {
 	}
 	if got, want := l.String(), "a,b,c,"; got != want {
 		t.Errorf("String() = %q; want %q", got, want)
+	}
+}
+
+func TestValidateWorkers(t *testing.T) {
+	s := pkitest.New(t)
+	for _, c := range []struct {
+		args []string
+		env  map[string]string
+		want string // "" for no error
+	}{
+		{nil, nil, ""},
+		{[]string{"--workers", "2"}, nil, ""},
+		{nil, map[string]string{"MTLSPROXY_WORKERS": "4"}, ""},
+		{[]string{"--workers", "0"}, nil, "--workers 0: want 1 to 64"},
+		{[]string{"--workers", "65"}, nil, "--workers 65: want 1 to 64"},
+		{[]string{"--workers", "2", "--pprof"}, nil, "--workers 2: the profiler sees one process; profile with one worker"},
+	} {
+		args := append([]string{"--cert", s.ClientCert, "--key", s.ClientKey, "--allow", "api.internal"}, c.args...)
+		cfg, err := parseWithEnv(c.env, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl, err := cfg.validate()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%v %v: %v", c.args, c.env, err)
+		case c.want == "" && pl.workers != cfg.Workers:
+			t.Errorf("%v %v: plan has %d workers; want %d", c.args, c.env, pl.workers, cfg.Workers)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%v: error %v; want %q", c.args, err, c.want)
+		}
 	}
 }

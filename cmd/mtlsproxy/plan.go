@@ -45,6 +45,8 @@ type plan struct {
 	stripHeaders []string
 	socketMode   os.FileMode
 	maxConns     int
+	// workers is the number of serving processes: 1 serves in this one.
+	workers int
 	// upstream is the upstream side of every route; the rest are the
 	// client side.
 	timeouts          proxy.Timeouts
@@ -137,6 +139,13 @@ func planFromFile(cfg *fileConfig, probs *configProblems) *plan {
 	pl.clients = loadClients(cfg.Clients, probs)
 	if cfg.MaxConnections < 0 {
 		probs.add("max_connections", "%d: want 0 (no limit) or more", cfg.MaxConnections)
+	}
+	pl.workers = cfg.Workers
+	if pl.workers == 0 {
+		pl.workers = 1
+	}
+	if err := checkWorkers(pl.workers, cfg.Pprof); err != nil {
+		probs.add("workers", "%v", err)
 	}
 	fileTimeouts(cfg.Timeouts, pl, probs)
 	pl.mitmCA = loadMitmCA(cfg.MitmCA, probs)

@@ -40,6 +40,10 @@ func (cfg *runConfig) validate() (*plan, error) {
 	if cfg.MaxConnections < 0 {
 		add(fmt.Errorf("--max-connections %d: want 0 (no limit) or more", cfg.MaxConnections))
 	}
+	pl.workers = cfg.Workers
+	if err := checkWorkers(cfg.Workers, cfg.Pprof); err != nil {
+		add(fmt.Errorf("--workers %w", err))
+	}
 	pl.timeouts = proxy.Timeouts{Dial: cfg.DialTimeout, TLSHandshake: cfg.TLSHandshakeTimeout,
 		ResponseHeader: cfg.ResponseHeaderTimeout, IdleConn: cfg.IdleConnTimeout}
 	pl.readHeaderTimeout, pl.clientIdleTimeout, pl.shutdownTimeout = cfg.ReadHeaderTimeout, cfg.ClientIdleTimeout, cfg.ShutdownTimeout

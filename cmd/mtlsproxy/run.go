@@ -68,9 +68,12 @@ repeatable flags take a comma-separated list there):
   --admin ADDR             admin listener: /healthz, /readyz, /metrics, /loglevel
                            (off unless given; loopback unless --unsafe-listen)
   --pprof                  also serve Go's profiler at /debug/pprof/ on the admin listener
-  --max-connections N      open client connections per listener; past it, new
-                           connections wait in the kernel's accept queue (default 0:
-                           no limit)
+  --max-connections N      open client connections per listener (per worker with
+                           --workers); past it, new connections wait in the kernel's
+                           accept queue (default 0: no limit)
+  --workers N              serve from N processes sharing the listeners, each with
+                           its own scheduler (default 1; Linux). Faster with
+                           keep-alive clients on several CPUs; see the README
   --http2                  offer HTTP/2 to upstreams by ALPN; servers that do not take
                            it get HTTP/1.1 (default true; --http2=false turns it off)
   --via                    add "Via: 1.1 mtlsproxy" to requests and responses
@@ -130,7 +133,9 @@ type runConfig struct {
 	ExpiryWarning  time.Duration
 	// MaxConnections caps open client connections per listener; 0 means
 	// no cap.
-	MaxConnections        int
+	MaxConnections int
+	// Workers is the number of serving processes; 1 serves in this one.
+	Workers               int
 	ShutdownTimeout       time.Duration
 	ReadHeaderTimeout     time.Duration
 	ClientIdleTimeout     time.Duration
@@ -170,6 +175,7 @@ func (c *cli) parseRunFlags(args []string) (*runConfig, error) {
 	fs.StringVar(&cfg.SocketMode, "socket-mode", "0660", "")
 	fs.Var((*stringList)(&cfg.StripHeaders), "strip-header", "")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", 0, "")
+	fs.IntVar(&cfg.Workers, "workers", 1, "")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "")
 	fs.DurationVar(&cfg.ReadHeaderTimeout, "read-header-timeout", 30*time.Second, "")
 	fs.DurationVar(&cfg.ClientIdleTimeout, "client-idle-timeout", 2*time.Minute, "")
@@ -228,6 +234,16 @@ func (c *cli) runCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	worker, err := c.workerFromEnv()
+	if err != nil {
+		return err
+	}
+	if worker != nil {
+		// A worker serves what its parent opened, and its admin endpoints
+		// for the parent only.
+		pl.workers, pl.admin = 1, worker.admin
+		c.inherited = worker.listeners
+	}
 	// The proxy's live heap is small, so Go's default (GOGC=100) collects
 	// very often; 400 cut its CPU per request by about a tenth in the
 	// benchmark harness at the price of ~12 MiB more peak RSS under load.
@@ -235,8 +251,15 @@ func (c *cli) runCmd(ctx context.Context, args []string) error {
 	if c.getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
-	logger, access, stopLogs := newLoggers(c.stderr, pl.format, pl.level)
+	index := -1
+	if worker != nil {
+		index = worker.index
+	}
+	logger, access, stopLogs := newLoggers(c.stderr, pl.format, pl.level, index)
 	defer func() { stopLogs(); _ = logger.Sync() }()
+	if pl.workers > 1 {
+		return c.supervise(ctx, pl, args, logger)
+	}
 	return c.serve(ctx, pl, logger, access)
 }
 
@@ -293,6 +316,9 @@ func (cfg *runConfig) plan() (*plan, error) {
 	fc.StripHeaders = append(fc.StripHeaders, cfg.StripHeaders...)
 	if cfg.set["max-connections"] {
 		fc.MaxConnections = cfg.MaxConnections
+	}
+	if cfg.set["workers"] {
+		fc.Workers = cfg.Workers
 	}
 	for flagName, d := range map[string]struct {
 		dst *time.Duration

@@ -39,6 +39,10 @@ type proxyRuntime struct {
 	all       []*proxy.Route
 	listeners []*listener
 	adminSrv  *listener
+	// inherited are a worker's listening sockets from its parent, taken
+	// in order (nextFile) instead of opening the listeners.
+	inherited []*os.File
+	nextFile  int
 	listening atomic.Bool
 	draining  atomic.Bool
 
@@ -84,7 +88,8 @@ func (l *listener) close() error {
 // serve runs the proxy described by pl until ctx ends, then drains it.
 func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) error {
 	rt := &proxyRuntime{pl: pl, logger: logger, reg: prometheus.NewRegistry(), routes: map[string][]*proxy.Route{},
-		lastErr: map[string]string{}, trustSums: map[string][32]byte{}, routesByTrust: map[string][]*proxy.Route{}}
+		lastErr: map[string]string{}, trustSums: map[string][32]byte{}, routesByTrust: map[string][]*proxy.Route{},
+		inherited: c.inherited}
 	for name, src := range pl.trusts {
 		if sum, err := fileSum(src.files); err == nil {
 			rt.trustSums[name] = sum
@@ -246,6 +251,9 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 		t.l.srv.Handler = h
 		t.l.front = &proxy.Server{Proxy: h, HTTP: t.l.srv, Metrics: rt.metrics}
 	}
+	if rt.inherited != nil && rt.nextFile != len(rt.inherited) {
+		return fmt.Errorf("the parent passed %d listening sockets, more than this configuration has", len(rt.inherited))
+	}
 	if pl.admin != "" {
 		h := admin.Handler(admin.Options{Ready: rt.ready, Gatherer: rt.reg, Level: pl.level, Pprof: pl.pprof})
 		l, err := rt.open("admin", pl.admin, h)
@@ -258,9 +266,15 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 }
 
 func (rt *proxyRuntime) open(name, addr string, h http.Handler) (*listener, error) {
-	ln, err := listen(addr, rt.pl.socketMode)
+	var ln net.Listener
+	var err error
+	if rt.inherited != nil && name != "admin" {
+		ln, err = rt.inherit(name)
+	} else if ln, err = listen(addr, rt.pl.socketMode); err != nil {
+		err = fmt.Errorf("%s: %w", name, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return nil, err
 	}
 	srv := &http.Server{
 		Handler:           h,

@@ -25,6 +25,9 @@ type Options struct {
 	// Level is served at /loglevel (GET, and PUT {"level":"debug"}). If
 	// zero, /loglevel answers 404.
 	Level zap.AtomicLevel
+	// LevelHandler, if set, serves /loglevel instead of Level (which
+	// must still be set), to act on more than this process.
+	LevelHandler http.Handler
 }
 
 // Handler returns the admin mux:
@@ -58,7 +61,11 @@ func Handler(o Options) http.Handler {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	if o.Level != (zap.AtomicLevel{}) {
-		mux.Handle("/loglevel", o.Level)
+		var h http.Handler = o.Level
+		if o.LevelHandler != nil {
+			h = o.LevelHandler
+		}
+		mux.Handle("/loglevel", h)
 	}
 	return mux
 }

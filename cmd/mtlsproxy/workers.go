@@ -1,0 +1,439 @@
+package main
+
+// --workers N: a supervisor process opens the listeners and starts N
+// copies of itself that serve them. Each worker is an ordinary `run`
+// process that takes the listening sockets from its parent instead of
+// opening them, and serves its admin endpoints on a private Unix socket;
+// the supervisor's own admin listener answers for all of them.
+//
+// Why processes: Go's scheduler shares one network poller between its
+// threads and hands ready connections from one thread to another, and on
+// a machine where the clients and the upstream compete for the same CPUs
+// that leaves CPUs idle between hand-offs. A worker with one scheduler
+// thread waits on its own poller, like a thread of nginx or HAProxy.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mtlsproxy/mtlsproxy/proxy/admin"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+)
+
+// maxWorkers bounds --workers: far more than CPUs only adds processes.
+const maxWorkers = 64
+
+// The environment a worker is started with. MTLSPROXY_WORKER_INDEX marks
+// a worker; the listening sockets are its file descriptors from 3 on, in
+// the order of listenerAddrs.
+const (
+	envWorkerIndex     = "MTLSPROXY_WORKER_INDEX"
+	envWorkerListeners = "MTLSPROXY_WORKER_LISTENERS"
+	envWorkerAdmin     = "MTLSPROXY_WORKER_ADMIN"
+)
+
+func checkWorkers(n int, pprof bool) error {
+	switch {
+	case n < 1 || n > maxWorkers:
+		return fmt.Errorf("%d: want 1 to %d", n, maxWorkers)
+	case n > 1 && runtime.GOOS != "linux":
+		return fmt.Errorf("%d: more than one worker is supported on Linux only", n)
+	case n > 1 && pprof:
+		return fmt.Errorf("%d: the profiler sees one process; profile with one worker", n)
+	}
+	return nil
+}
+
+// workerEnv is what a worker learns from its parent.
+type workerEnv struct {
+	index     int
+	listeners []*os.File
+	admin     string // unix:PATH, or "" when the parent has no admin listener
+}
+
+// workerFromEnv reports whether this process is a worker, and what it
+// inherited.
+func (c *cli) workerFromEnv() (*workerEnv, error) {
+	idx := c.getenv(envWorkerIndex)
+	if idx == "" {
+		return nil, nil
+	}
+	w := &workerEnv{admin: c.getenv(envWorkerAdmin)}
+	var err error
+	if w.index, err = strconv.Atoi(idx); err != nil || w.index < 0 {
+		return nil, fmt.Errorf("%s=%q: not a worker index", envWorkerIndex, idx)
+	}
+	n, err := strconv.Atoi(c.getenv(envWorkerListeners))
+	if err != nil || n < 0 {
+		return nil, fmt.Errorf("%s=%q: not a count", envWorkerListeners, c.getenv(envWorkerListeners))
+	}
+	for i := range n {
+		w.listeners = append(w.listeners, os.NewFile(uintptr(3+i), "listener"))
+	}
+	return w, nil
+}
+
+// inherit turns the next listening socket from the parent into a
+// listener.
+func (rt *proxyRuntime) inherit(name string) (net.Listener, error) {
+	if rt.nextFile >= len(rt.inherited) {
+		return nil, fmt.Errorf("%s: the parent passed %d listening sockets, fewer than this configuration has", name, len(rt.inherited))
+	}
+	f := rt.inherited[rt.nextFile]
+	rt.nextFile++
+	ln, err := net.FileListener(f)
+	_ = f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: listening socket from the parent: %w", name, err)
+	}
+	return ln, nil
+}
+
+// namedAddr is a listener of the plan.
+type namedAddr struct{ name, addr string }
+
+// listenerAddrs are the client listeners of pl, in the order in which
+// proxyRuntime.listen opens them.
+func listenerAddrs(pl *plan) []namedAddr {
+	var out []namedAddr
+	if len(pl.routes) > 0 || pl.upstream != nil {
+		out = append(out, namedAddr{"listen", pl.listen})
+	}
+	for _, g := range pl.gateways {
+		out = append(out, namedAddr{g.name, g.listen})
+	}
+	return out
+}
+
+// workerProc is one started worker.
+type workerProc struct {
+	index  int
+	cmd    *exec.Cmd
+	admin  string // socket path, or ""
+	exited chan struct{}
+	err    error // cmd.Wait's result once exited is closed
+}
+
+// supervise opens pl's listeners, starts pl.workers workers on them and
+// serves the admin endpoints for all of them until ctx ends (then it
+// stops them, which drain as a single process does) or a worker exits on
+// its own (then it stops the others and fails).
+func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *zap.Logger) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("--workers: cannot find this program to start workers: %w", err)
+	}
+	var files []*os.File
+	var sockets []string // unix listener paths, removed at the end
+	defer func() {
+		for _, f := range files {
+			_ = f.Close()
+		}
+		for _, p := range sockets {
+			_ = os.Remove(p)
+		}
+	}()
+	var mainAddr net.Addr
+	for _, na := range listenerAddrs(pl) {
+		ln, err := listen(na.addr, pl.socketMode)
+		if err != nil {
+			return fmt.Errorf("%s: %w", na.name, err)
+		}
+		if ul, ok := ln.(*net.UnixListener); ok {
+			ul.SetUnlinkOnClose(false)
+			sockets = append(sockets, strings.TrimPrefix(na.addr, "unix:"))
+		}
+		f, err := ln.(interface{ File() (*os.File, error) }).File()
+		if mainAddr == nil {
+			mainAddr = ln.Addr()
+		}
+		_ = ln.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", na.name, err)
+		}
+		files = append(files, f)
+	}
+	dir, err := os.MkdirTemp("", "mtlsproxy-workers-")
+	if err != nil {
+		return fmt.Errorf("--workers: %w", err)
+	}
+	defer os.RemoveAll(dir)
+
+	procs := make([]*workerProc, pl.workers)
+	exits := make(chan *workerProc, len(procs))
+	stopAll := func() {
+		for _, w := range procs {
+			if w != nil {
+				_ = w.cmd.Process.Signal(syscall.SIGTERM)
+			}
+		}
+	}
+	waitAll := func() error {
+		var errs []error
+		for _, w := range procs {
+			if w == nil {
+				continue
+			}
+			<-w.exited
+			if w.err != nil {
+				errs = append(errs, fmt.Errorf("worker %d: %w", w.index, w.err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	procsPer := max(1, runtime.GOMAXPROCS(0)/pl.workers)
+	for i := range procs {
+		w := &workerProc{index: i, exited: make(chan struct{})}
+		if pl.admin != "" {
+			w.admin = filepath.Join(dir, fmt.Sprintf("worker-%d.sock", i))
+		}
+		w.cmd = exec.Command(self, append([]string{"run"}, args...)...)
+		adminAddr := ""
+		if w.admin != "" {
+			adminAddr = "unix:" + w.admin
+		}
+		w.cmd.Env = append(os.Environ(), envWorkerIndex+"="+strconv.Itoa(i),
+			envWorkerListeners+"="+strconv.Itoa(len(files)), envWorkerAdmin+"="+adminAddr)
+		if os.Getenv("GOMAXPROCS") == "" {
+			w.cmd.Env = append(w.cmd.Env, "GOMAXPROCS="+strconv.Itoa(procsPer))
+		}
+		w.cmd.Stdout, w.cmd.Stderr = c.stdout, c.stderr
+		w.cmd.ExtraFiles = files
+		w.cmd.SysProcAttr = workerSysProcAttr()
+		if err := w.cmd.Start(); err != nil {
+			stopAll()
+			_ = waitAll()
+			return fmt.Errorf("start worker %d: %w", i, err)
+		}
+		procs[i] = w
+		go func() {
+			w.err = w.cmd.Wait()
+			close(w.exited)
+			exits <- w
+		}()
+		logger.Info("worker started", zap.Int("worker", i), zap.Int("pid", w.cmd.Process.Pid), zap.Int("gomaxprocs", procsPer))
+	}
+	// The workers hold the listening sockets now.
+	for _, f := range files {
+		_ = f.Close()
+	}
+	files = nil
+
+	var adminSrv *http.Server
+	if pl.admin != "" {
+		ln, err := listen(pl.admin, pl.socketMode)
+		if err != nil {
+			stopAll()
+			_ = waitAll()
+			return fmt.Errorf("admin: %w", err)
+		}
+		adminSrv = &http.Server{Handler: supervisorAdmin(procs, pl.level), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: zap.NewStdLog(logger.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel)))}
+		go func() { _ = adminSrv.Serve(ln) }()
+		defer adminSrv.Close()
+	}
+	fields := []zap.Field{zap.Int("workers", pl.workers)}
+	if mainAddr != nil {
+		fields = append(fields, zap.String("listen", listenName(mainAddr)))
+	}
+	logger.Info("mtlsproxy started", fields...)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			for _, w := range procs {
+				_ = w.cmd.Process.Signal(syscall.SIGHUP)
+			}
+		case w := <-exits:
+			logger.Error("worker exited on its own; stopping the others", zap.Int("worker", w.index), zap.Error(w.err))
+			stopAll()
+			_ = waitAll()
+			if w.err == nil {
+				return fmt.Errorf("worker %d exited on its own", w.index)
+			}
+			return fmt.Errorf("worker %d exited on its own: %w", w.index, w.err)
+		case <-ctx.Done():
+			logger.Info("stopping the workers")
+			stopAll()
+			err := waitAll()
+			if err == nil {
+				logger.Info("stopped")
+			}
+			return err
+		}
+	}
+}
+
+// supervisorAdmin answers the admin endpoints for the workers: ready when
+// every worker is, their metrics with a worker label, and a log level set
+// on every worker.
+func supervisorAdmin(procs []*workerProc, level zap.AtomicLevel) http.Handler {
+	clients := make([]*http.Client, len(procs))
+	for i, w := range procs {
+		sock := w.admin
+		clients[i] = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", sock)
+			},
+			DisableKeepAlives: true,
+		}}
+	}
+	ready := func() error {
+		for i, c := range clients {
+			status, body, err := workerCall(c, http.MethodGet, "/readyz", "", nil)
+			if err != nil {
+				return fmt.Errorf("worker %d: %v", i, err)
+			}
+			if status != http.StatusOK {
+				return fmt.Errorf("worker %d: %s", i, strings.TrimPrefix(strings.TrimSpace(body), "not ready: "))
+			}
+		}
+		return nil
+	}
+	setLevel := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPut {
+			level.ServeHTTP(w, r)
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(r.Body, 4096))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		// The workers first: a level they refuse changes nothing here.
+		for i, c := range clients {
+			status, out, err := workerCall(c, http.MethodPut, "/loglevel", r.Header.Get("Content-Type"), body)
+			switch {
+			case err != nil || status >= 500:
+				if err == nil {
+					err = fmt.Errorf("%d %s", status, strings.TrimSpace(out))
+				}
+				http.Error(w, fmt.Sprintf("worker %d: %v", i, err), http.StatusBadGateway)
+				return
+			case status != http.StatusOK:
+				// A bad request: every worker would refuse it, and so would
+				// this process.
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(status)
+				_, _ = io.WriteString(w, out)
+				return
+			}
+		}
+		r.Body = io.NopCloser(strings.NewReader(string(body)))
+		level.ServeHTTP(w, r)
+	})
+	return admin.Handler(admin.Options{Ready: ready, Gatherer: workerGatherer(clients), Level: level, LevelHandler: setLevel})
+}
+
+// workerCall makes one admin request to a worker.
+func workerCall(c *http.Client, method, path, contentType string, body []byte) (int, string, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = strings.NewReader(string(body))
+	}
+	req, err := http.NewRequest(method, "http://worker"+path, rd)
+	if err != nil {
+		return 0, "", err
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return resp.StatusCode, string(out), err
+}
+
+// workerGatherer gathers every worker's metrics and labels each series
+// with worker="N".
+func workerGatherer(clients []*http.Client) prometheus.Gatherer {
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		byName := map[string]*dto.MetricFamily{}
+		var errs []error
+		for i, c := range clients {
+			fams, err := workerMetrics(c)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("worker %d: %w", i, err))
+				continue
+			}
+			mergeFamilies(byName, fams, strconv.Itoa(i))
+		}
+		out := make([]*dto.MetricFamily, 0, len(byName))
+		for _, f := range byName {
+			out = append(out, f)
+		}
+		sort.Slice(out, func(a, b int) bool { return out[a].GetName() < out[b].GetName() })
+		return out, errors.Join(errs...)
+	})
+}
+
+// protoFormat asks promhttp for length-delimited protocol buffers.
+const protoFormat = `application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited`
+
+func workerMetrics(c *http.Client) ([]*dto.MetricFamily, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://worker/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", protoFormat)
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	dec := expfmt.NewDecoder(resp.Body, expfmt.ResponseFormat(resp.Header))
+	var fams []*dto.MetricFamily
+	for {
+		mf := &dto.MetricFamily{}
+		if err := dec.Decode(mf); err != nil {
+			if errors.Is(err, io.EOF) {
+				return fams, nil
+			}
+			return nil, err
+		}
+		fams = append(fams, mf)
+	}
+}
+
+// mergeFamilies adds fams to byName, each series labelled worker=index.
+func mergeFamilies(byName map[string]*dto.MetricFamily, fams []*dto.MetricFamily, index string) {
+	for _, f := range fams {
+		for _, m := range f.Metric {
+			m.Label = append(m.Label, &dto.LabelPair{Name: proto.String("worker"), Value: proto.String(index)})
+			sort.Slice(m.Label, func(a, b int) bool { return m.Label[a].GetName() < m.Label[b].GetName() })
+		}
+		if have, ok := byName[f.GetName()]; ok {
+			have.Metric = append(have.Metric, f.Metric...)
+		} else {
+			byName[f.GetName()] = f
+		}
+	}
+}

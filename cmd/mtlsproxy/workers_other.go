@@ -1,0 +1,8 @@
+//go:build !linux
+
+package main
+
+import "syscall"
+
+// workerSysProcAttr: workers run on Linux only (checkWorkers).
+func workerSysProcAttr() *syscall.SysProcAttr { return nil }
