@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 )
@@ -223,6 +224,9 @@ var allProxies = []proxyDef{
 		Note: "forward mode with --log-level warn: no access log (shows what logging costs)"},
 	{Name: "mtlsproxy-gateway-warn", Level: "http", mtlsArgs: []string{"gateway", "--log-level", "warn"}, Optional: true,
 		Note: "gateway mode with --log-level warn"},
+	{Name: "mtlsproxy-forward-workers", Level: "http", Forward: true,
+		mtlsArgs: []string{"forward", "--workers", strconv.Itoa(runtime.NumCPU()), "--log-level", "warn"},
+		Note:     "forward mode with --workers set to the number of CPUs (one scheduler thread each) and --log-level warn"},
 	{Name: "nginx", Level: "http", Peer: true, Binary: []string{"nginx", "/usr/sbin/nginx"}, Install: "apt-get install nginx-light",
 		Note: "proxy_pass https:// with proxy_ssl_certificate, upstream keepalive 64, proxy_ssl_session_reuse; auto workers; no access log"},
 	{Name: "haproxy", Level: "http", Peer: true, Binary: []string{"haproxy", "/usr/sbin/haproxy"}, Install: "apt-get install haproxy",
