@@ -123,6 +123,62 @@ func listenerAddrs(pl *plan) []namedAddr {
 	return out
 }
 
+// sharedFiles are the listening sockets of the workers: perWorker[i] for
+// worker i, in the order of listenerAddrs; all of them once each.
+type sharedFiles struct {
+	perWorker [][]*os.File
+	all       []*os.File
+}
+
+// openShared opens the listeners for n workers. A TCP address gets one
+// socket per worker, bound with SO_REUSEPORT, after a plain bind has shown
+// that nothing else listens there (sockets with SO_REUSEPORT would share
+// the port with another process of the same user without a word). A
+// unix:PATH listener is one socket that every worker accepts from.
+func openShared(addrs []namedAddr, n int, mode os.FileMode) (files sharedFiles, main net.Addr, sockets []string, err error) {
+	files.perWorker = make([][]*os.File, n)
+	for _, na := range addrs {
+		ln, err := listen(na.addr, mode)
+		if err != nil {
+			return files, main, sockets, fmt.Errorf("%s: %w", na.name, err)
+		}
+		if main == nil {
+			main = ln.Addr()
+		}
+		if ul, ok := ln.(*net.UnixListener); ok {
+			ul.SetUnlinkOnClose(false)
+			sockets = append(sockets, strings.TrimPrefix(na.addr, "unix:"))
+			f, err := ul.File()
+			_ = ln.Close()
+			if err != nil {
+				return files, main, sockets, fmt.Errorf("%s: %w", na.name, err)
+			}
+			files.all = append(files.all, f)
+			for i := range files.perWorker {
+				files.perWorker[i] = append(files.perWorker[i], f)
+			}
+			continue
+		}
+		addr := ln.Addr().String() // the port chosen for :0
+		_ = ln.Close()
+		lc := net.ListenConfig{KeepAlive: -1, Control: reusePort}
+		for i := range files.perWorker {
+			ln, err := lc.Listen(context.Background(), "tcp", addr)
+			if err != nil {
+				return files, main, sockets, fmt.Errorf("%s: %w", na.name, err)
+			}
+			f, err := ln.(*net.TCPListener).File()
+			_ = ln.Close()
+			if err != nil {
+				return files, main, sockets, fmt.Errorf("%s: %w", na.name, err)
+			}
+			files.all = append(files.all, f)
+			files.perWorker[i] = append(files.perWorker[i], f)
+		}
+	}
+	return files, main, sockets, nil
+}
+
 // workerProc is one started worker.
 type workerProc struct {
 	index  int
@@ -141,35 +197,17 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 	if err != nil {
 		return fmt.Errorf("--workers: cannot find this program to start workers: %w", err)
 	}
-	var files []*os.File
-	var sockets []string // unix listener paths, removed at the end
+	files, mainAddr, sockets, err := openShared(listenerAddrs(pl), pl.workers, pl.socketMode)
 	defer func() {
-		for _, f := range files {
+		for _, f := range files.all {
 			_ = f.Close()
 		}
 		for _, p := range sockets {
 			_ = os.Remove(p)
 		}
 	}()
-	var mainAddr net.Addr
-	for _, na := range listenerAddrs(pl) {
-		ln, err := listen(na.addr, pl.socketMode)
-		if err != nil {
-			return fmt.Errorf("%s: %w", na.name, err)
-		}
-		if ul, ok := ln.(*net.UnixListener); ok {
-			ul.SetUnlinkOnClose(false)
-			sockets = append(sockets, strings.TrimPrefix(na.addr, "unix:"))
-		}
-		f, err := ln.(interface{ File() (*os.File, error) }).File()
-		if mainAddr == nil {
-			mainAddr = ln.Addr()
-		}
-		_ = ln.Close()
-		if err != nil {
-			return fmt.Errorf("%s: %w", na.name, err)
-		}
-		files = append(files, f)
+	if err != nil {
+		return err
 	}
 	dir, err := os.MkdirTemp("", "mtlsproxy-workers-")
 	if err != nil {
@@ -211,12 +249,12 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 			adminAddr = "unix:" + w.admin
 		}
 		w.cmd.Env = append(os.Environ(), envWorkerIndex+"="+strconv.Itoa(i),
-			envWorkerListeners+"="+strconv.Itoa(len(files)), envWorkerAdmin+"="+adminAddr)
+			envWorkerListeners+"="+strconv.Itoa(len(files.perWorker[i])), envWorkerAdmin+"="+adminAddr)
 		if os.Getenv("GOMAXPROCS") == "" {
 			w.cmd.Env = append(w.cmd.Env, "GOMAXPROCS="+strconv.Itoa(procsPer))
 		}
 		w.cmd.Stdout, w.cmd.Stderr = c.stdout, c.stderr
-		w.cmd.ExtraFiles = files
+		w.cmd.ExtraFiles = files.perWorker[i]
 		w.cmd.SysProcAttr = workerSysProcAttr()
 		if err := w.cmd.Start(); err != nil {
 			stopAll()
@@ -232,10 +270,10 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 		logger.Info("worker started", zap.Int("worker", i), zap.Int("pid", w.cmd.Process.Pid), zap.Int("gomaxprocs", procsPer))
 	}
 	// The workers hold the listening sockets now.
-	for _, f := range files {
+	for _, f := range files.all {
 		_ = f.Close()
 	}
-	files = nil
+	files.all = nil
 
 	var adminSrv *http.Server
 	if pl.admin != "" {
@@ -266,12 +304,21 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 				_ = w.cmd.Process.Signal(syscall.SIGHUP)
 			}
 		case w := <-exits:
+			if ctx.Err() != nil || w.err == nil {
+				// A signal to the whole process group (Ctrl-C, systemd)
+				// may reach a worker first, or someone stopped one worker:
+				// either way a clean stop, so all stop.
+				logger.Info("a worker stopped; stopping the others", zap.Int("worker", w.index))
+				stopAll()
+				err := waitAll()
+				if err == nil {
+					logger.Info("stopped")
+				}
+				return err
+			}
 			logger.Error("worker exited on its own; stopping the others", zap.Int("worker", w.index), zap.Error(w.err))
 			stopAll()
 			_ = waitAll()
-			if w.err == nil {
-				return fmt.Errorf("worker %d exited on its own", w.index)
-			}
 			return fmt.Errorf("worker %d exited on its own: %w", w.index, w.err)
 		case <-ctx.Done():
 			logger.Info("stopping the workers")

@@ -30,6 +30,7 @@ func TestWorkersBinary(t *testing.T) {
 	bin := opstBuild(t)
 	t.Run("serve, metrics, log level, SIGHUP, SIGTERM", func(t *testing.T) { workersServe(t, bin) })
 	t.Run("a worker that dies stops the rest", func(t *testing.T) { workersOneDies(t, bin) })
+	t.Run("a worker told to stop stops the rest cleanly", func(t *testing.T) { workersOneStopped(t, bin) })
 }
 
 // workerPIDs are the pids of the "worker started" log lines, by index.
@@ -227,5 +228,24 @@ func workersOneDies(t *testing.T, bin string) {
 	}
 	if err := syscall.Kill(pids[0], 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("worker 0 (pid %d) still there after the supervisor exited: %v", pids[0], err)
+	}
+}
+
+// SIGTERM to one worker (or to the process group, where a worker may
+// finish draining first) is a clean stop of the whole.
+func workersOneStopped(t *testing.T, bin string) {
+	set := pkitest.New(t)
+	up := opstNewUpstream(t, set, nil)
+	b := opstExec(t, bin, "--workers", "2", "--cert", set.ClientCert, "--key", set.ClientKey, "--cacert", set.CAFile,
+		"--allow", "api.internal", "--resolve", "api.internal:"+up.port+":127.0.0.1")
+	pids := workerPIDs(t, b.stderr.String(), 2)
+	if err := syscall.Kill(pids[0], syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := b.waitExit(t, 10*time.Second); code != 0 {
+		t.Errorf("exit status after SIGTERM to worker 0 = %d; want 0\nstderr:\n%s", code, b.stderr)
+	}
+	if err := syscall.Kill(pids[1], 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("worker 1 (pid %d) still there after the supervisor exited: %v", pids[1], err)
 	}
 }
