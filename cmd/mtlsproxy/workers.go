@@ -209,6 +209,15 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 	if err != nil {
 		return err
 	}
+	// The admin listener too is opened before any worker starts, so that
+	// a taken address fails the start as it does without workers.
+	var adminLn net.Listener
+	if pl.admin != "" {
+		if adminLn, err = listen(pl.admin, pl.socketMode); err != nil {
+			return fmt.Errorf("admin: %w", err)
+		}
+		defer adminLn.Close()
+	}
 	dir, err := os.MkdirTemp("", "mtlsproxy-workers-")
 	if err != nil {
 		return fmt.Errorf("--workers: %w", err)
@@ -237,7 +246,12 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 		}
 		return errors.Join(errs...)
 	}
-	procsPer := max(1, runtime.GOMAXPROCS(0)/pl.workers)
+	// Unless GOMAXPROCS is set, the workers share this process's CPUs.
+	gomaxprocs := c.getenv("GOMAXPROCS")
+	setProcs := gomaxprocs == ""
+	if setProcs {
+		gomaxprocs = strconv.Itoa(max(1, runtime.GOMAXPROCS(0)/pl.workers))
+	}
 	for i := range procs {
 		w := &workerProc{index: i, exited: make(chan struct{})}
 		if pl.admin != "" {
@@ -250,8 +264,8 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 		}
 		w.cmd.Env = append(os.Environ(), envWorkerIndex+"="+strconv.Itoa(i),
 			envWorkerListeners+"="+strconv.Itoa(len(files.perWorker[i])), envWorkerAdmin+"="+adminAddr)
-		if os.Getenv("GOMAXPROCS") == "" {
-			w.cmd.Env = append(w.cmd.Env, "GOMAXPROCS="+strconv.Itoa(procsPer))
+		if setProcs {
+			w.cmd.Env = append(w.cmd.Env, "GOMAXPROCS="+gomaxprocs)
 		}
 		w.cmd.Stdout, w.cmd.Stderr = c.stdout, c.stderr
 		w.cmd.ExtraFiles = files.perWorker[i]
@@ -267,7 +281,7 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 			close(w.exited)
 			exits <- w
 		}()
-		logger.Info("worker started", zap.Int("worker", i), zap.Int("pid", w.cmd.Process.Pid), zap.Int("gomaxprocs", procsPer))
+		logger.Info("worker started", zap.Int("worker", i), zap.Int("pid", w.cmd.Process.Pid), zap.String("gomaxprocs", gomaxprocs))
 	}
 	// The workers hold the listening sockets now.
 	for _, f := range files.all {
@@ -275,17 +289,10 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 	}
 	files.all = nil
 
-	var adminSrv *http.Server
-	if pl.admin != "" {
-		ln, err := listen(pl.admin, pl.socketMode)
-		if err != nil {
-			stopAll()
-			_ = waitAll()
-			return fmt.Errorf("admin: %w", err)
-		}
-		adminSrv = &http.Server{Handler: supervisorAdmin(procs, pl.level), ReadHeaderTimeout: 10 * time.Second,
+	if adminLn != nil {
+		adminSrv := &http.Server{Handler: supervisorAdmin(procs, pl.level), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: zap.NewStdLog(logger.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel)))}
-		go func() { _ = adminSrv.Serve(ln) }()
+		go func() { _ = adminSrv.Serve(adminLn) }()
 		defer adminSrv.Close()
 	}
 	fields := []zap.Field{zap.Int("workers", pl.workers)}
