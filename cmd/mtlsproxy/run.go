@@ -6,8 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"os"
+	"os/signal"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/mtlsproxy/mtlsproxy/proxy"
@@ -226,6 +229,13 @@ func (c *cli) applyEnv(fs *flag.FlagSet) error {
 }
 
 func (c *cli) runCmd(ctx context.Context, args []string) error {
+	// SIGHUP's default action ends the process. Until serve (or
+	// supervise) listens for it, a SIGHUP is taken and dropped: what it
+	// would reload is being loaded anyway. A worker's parent forwards
+	// SIGHUP as soon as the worker has started.
+	early := make(chan os.Signal, 1)
+	signal.Notify(early, syscall.SIGHUP)
+	defer signal.Stop(early)
 	cfg, err := c.parseRunFlags(args)
 	if err != nil {
 		return ignoreHelp(err)

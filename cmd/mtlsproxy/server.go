@@ -195,7 +195,7 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 	}
 	var todo []pending
 	open := func(name, addr string, o proxy.Options) error {
-		l, err := rt.open(name, addr, nil)
+		l, err := rt.open(name, addr, true, nil)
 		if err != nil {
 			return err
 		}
@@ -256,7 +256,7 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 	}
 	if pl.admin != "" {
 		h := admin.Handler(admin.Options{Ready: rt.ready, Gatherer: rt.reg, Level: pl.level, Pprof: pl.pprof})
-		l, err := rt.open("admin", pl.admin, h)
+		l, err := rt.open("admin", pl.admin, false, h)
 		if err != nil {
 			return err
 		}
@@ -265,11 +265,13 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 	return nil
 }
 
-func (rt *proxyRuntime) open(name, addr string, h http.Handler) (*listener, error) {
+// open opens a listener: the admin listener (client false) or one for
+// clients, which a worker takes from its parent instead.
+func (rt *proxyRuntime) open(name, addr string, client bool, h http.Handler) (*listener, error) {
 	var ln net.Listener
 	var err error
-	if rt.inherited != nil && name != "admin" {
-		ln, err = rt.inherit(name)
+	if rt.inherited != nil && client {
+		ln, err = rt.inherit(name, addr)
 	} else if ln, err = listen(addr, rt.pl.socketMode); err != nil {
 		err = fmt.Errorf("%s: %w", name, err)
 	}
@@ -285,7 +287,7 @@ func (rt *proxyRuntime) open(name, addr string, h http.Handler) (*listener, erro
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       zap.NewStdLog(rt.logger.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
 	}
-	if name != "admin" {
+	if client {
 		srv.ConnState = rt.metrics.ConnState
 		if rt.pl.maxConns > 0 {
 			ln = netutil.LimitListener(ln, rt.pl.maxConns)

@@ -92,8 +92,10 @@ func (c *cli) workerFromEnv() (*workerEnv, error) {
 }
 
 // inherit turns the next listening socket from the parent into a
-// listener.
-func (rt *proxyRuntime) inherit(name string) (net.Listener, error) {
+// listener for addr. The parent read the same configuration a moment
+// earlier; a socket on another port or path means that it changed since,
+// and the worker refuses to serve what the parent did not check.
+func (rt *proxyRuntime) inherit(name, addr string) (net.Listener, error) {
 	if rt.nextFile >= len(rt.inherited) {
 		return nil, fmt.Errorf("%s: the parent passed %d listening sockets, fewer than this configuration has", name, len(rt.inherited))
 	}
@@ -104,7 +106,23 @@ func (rt *proxyRuntime) inherit(name string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: listening socket from the parent: %w", name, err)
 	}
+	if !sameListenAddr(addr, ln.Addr()) {
+		_ = ln.Close()
+		return nil, fmt.Errorf("%s: the configuration changed while the workers started: %s is to listen on %s, but the parent's socket is %s; start again",
+			name, name, addr, listenName(ln.Addr()))
+	}
 	return ln, nil
+}
+
+// sameListenAddr reports whether a listener opened for addr may be got:
+// the same unix path, or the same port (any port for :0).
+func sameListenAddr(addr string, got net.Addr) bool {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return got.Network() == "unix" && got.String() == path
+	}
+	_, port, err := net.SplitHostPort(addr)
+	_, gotPort, gerr := net.SplitHostPort(got.String())
+	return err == nil && gerr == nil && (port == "0" || port == gotPort)
 }
 
 // namedAddr is a listener of the plan.
@@ -240,7 +258,7 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 				continue
 			}
 			<-w.exited
-			if w.err != nil {
+			if w.err != nil && !stoppedBySignal(w.err) {
 				errs = append(errs, fmt.Errorf("worker %d: %w", w.index, w.err))
 			}
 		}
@@ -311,7 +329,7 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 				_ = w.cmd.Process.Signal(syscall.SIGHUP)
 			}
 		case w := <-exits:
-			if ctx.Err() != nil || w.err == nil {
+			if ctx.Err() != nil || w.err == nil || stoppedBySignal(w.err) {
 				// A signal to the whole process group (Ctrl-C, systemd)
 				// may reach a worker first, or someone stopped one worker:
 				// either way a clean stop, so all stop.
@@ -337,6 +355,18 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 			return err
 		}
 	}
+}
+
+// stoppedBySignal reports whether a worker ended from SIGTERM or SIGINT
+// itself: one that gets it before it has set up its handlers (still
+// starting) is stopped, not failed.
+func stoppedBySignal(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && (ws.Signal() == syscall.SIGTERM || ws.Signal() == syscall.SIGINT)
 }
 
 // supervisorAdmin answers the admin endpoints for the workers: ready when
