@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki/pkitest"
 )
 
@@ -292,17 +291,8 @@ func opstDrain(t *testing.T, bin string) {
 func opstBinaryHUP(t *testing.T, bin string) {
 	set := pkitest.New(t)
 	up := opstNewUpstream(t, set, nil)
-	real, linked := t.TempDir(), t.TempDir()
-	realCert, realKey, err := set.Client.WriteFiles(real, "client")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key := filepath.Join(linked, "client.crt"), filepath.Join(linked, "client.key")
-	for from, to := range map[string]string{realCert: cert, realKey: key} {
-		if err := os.Symlink(from, to); err != nil {
-			t.Skipf("cannot make symlinks here: %v", err)
-		}
-	}
+	id := opstLinkIdentity(t, set)
+	cert, key := id.cert, id.key
 	b := opstExec(t, bin, "--cert", cert, "--key", key, "--cacert", set.CAFile, "--allow", "api.internal",
 		"--resolve", "api.internal:"+up.port+":127.0.0.1", "--reload-interval", "0")
 	c := opstClient(b.listen)
@@ -311,10 +301,7 @@ func opstBinaryHUP(t *testing.T, bin string) {
 		t.Fatalf("before reload: %d %q; want 200 test-client\nstderr:\n%s", r.status, r.body, b.stderr)
 	}
 
-	renewed := pkitest.Issue(t, set.CA, pki.LeafOptions{CommonName: "renewed-client", Client: true})
-	if _, _, err := renewed.WriteFiles(real, "client"); err != nil {
-		t.Fatal(err)
-	}
+	id.renew(t, set, "renewed-client")
 	if err := b.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -529,6 +530,40 @@ func TestOpsAdminListenNotLoopback(t *testing.T) {
 	}
 }
 
+// opstLinkedIdentity is set's client identity as symlinks (cert, key)
+// into another directory (real). The proxy watches the directory of the
+// paths it is given, so rewriting the files in real (renew) changes the
+// identity without a change event: only SIGHUP or the timer reloads it.
+type opstLinkedIdentity struct{ real, cert, key string }
+
+func opstLinkIdentity(t testing.TB, set *pkitest.Set) opstLinkedIdentity {
+	t.Helper()
+	id := opstLinkedIdentity{real: t.TempDir()}
+	linked := t.TempDir()
+	realCert, realKey, err := set.Client.WriteFiles(id.real, "client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id.cert, id.key = filepath.Join(linked, "client.crt"), filepath.Join(linked, "client.key")
+	for from, to := range map[string]string{realCert: id.cert, realKey: id.key} {
+		if err := os.Symlink(from, to); err != nil {
+			t.Skipf("cannot make symlinks here: %v", err)
+		}
+	}
+	return id
+}
+
+// renew rewrites the real files with a new certificate named cn, and
+// returns it.
+func (id opstLinkedIdentity) renew(t testing.TB, set *pkitest.Set, cn string) *pki.Leaf {
+	t.Helper()
+	renewed := pkitest.Issue(t, set.CA, pki.LeafOptions{CommonName: cn, Client: true})
+	if _, _, err := renewed.WriteFiles(id.real, "client"); err != nil {
+		t.Fatal(err)
+	}
+	return renewed
+}
+
 // TestOpsSIGHUPReload sends SIGHUP to the test process itself: the running
 // proxy has signal.Notify for it. The test is not parallel, so no other
 // proxy of this package is running (parallel tests start after it).
@@ -540,17 +575,8 @@ func TestOpsAdminListenNotLoopback(t *testing.T) {
 func TestOpsSIGHUPReload(t *testing.T) {
 	set := pkitest.New(t)
 	up := opstNewUpstream(t, set, nil)
-	real, linked := t.TempDir(), t.TempDir()
-	realCert, realKey, err := set.Client.WriteFiles(real, "client")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key := linked+"/client.crt", linked+"/client.key"
-	for from, to := range map[string]string{realCert: cert, realKey: key} {
-		if err := os.Symlink(from, to); err != nil {
-			t.Skipf("cannot make symlinks here: %v", err)
-		}
-	}
+	id := opstLinkIdentity(t, set)
+	cert, key := id.cert, id.key
 	args := append(opstForwardArgs(cert, key, set.CAFile, up.port), "--reload-interval", "0")
 	p := opstStart(t, []string{"listen", "admin"}, args...)
 	admin := p.addrs["admin"]
@@ -560,10 +586,7 @@ func TestOpsSIGHUPReload(t *testing.T) {
 		t.Fatalf("before reload: upstream saw %q; want test-client", r.body)
 	}
 
-	renewed := pkitest.Issue(t, set.CA, pki.LeafOptions{CommonName: "renewed-client", Client: true})
-	if _, _, err := renewed.WriteFiles(real, "client"); err != nil {
-		t.Fatal(err)
-	}
+	renewed := id.renew(t, set, "renewed-client")
 	// Without a signal nothing happens: the proxy cannot know. (Were it to
 	// reload here, the test would not show that SIGHUP reloads.)
 	time.Sleep(500 * time.Millisecond)
@@ -584,7 +607,7 @@ func TestOpsSIGHUPReload(t *testing.T) {
 	// A broken file is counted and the certificate in use stays: requests
 	// succeed and the upstream sees what it saw before.
 	prev := opstGet(t, c, target).body
-	if err := os.WriteFile(realCert, []byte("not a certificate\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(id.real, "client.crt"), []byte("not a certificate\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	opstHUP(t)

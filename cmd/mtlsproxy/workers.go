@@ -13,6 +13,7 @@ package main
 // thread waits on its own poller, like a thread of nginx or HAProxy.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -244,10 +245,10 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 
 	procs := make([]*workerProc, pl.workers)
 	exits := make(chan *workerProc, len(procs))
-	stopAll := func() {
+	signalAll := func(sig os.Signal) {
 		for _, w := range procs {
 			if w != nil {
-				_ = w.cmd.Process.Signal(syscall.SIGTERM)
+				_ = w.cmd.Process.Signal(sig)
 			}
 		}
 	}
@@ -289,7 +290,7 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 		w.cmd.ExtraFiles = files.perWorker[i]
 		w.cmd.SysProcAttr = workerSysProcAttr()
 		if err := w.cmd.Start(); err != nil {
-			stopAll()
+			signalAll(syscall.SIGTERM)
 			_ = waitAll()
 			return fmt.Errorf("start worker %d: %w", i, err)
 		}
@@ -319,40 +320,36 @@ func (c *cli) supervise(ctx context.Context, pl *plan, args []string, logger *za
 	}
 	logger.Info("mtlsproxy started", fields...)
 
+	// stop stops every worker, which drain, and waits for them.
+	stop := func() error {
+		signalAll(syscall.SIGTERM)
+		err := waitAll()
+		if err == nil {
+			logger.Info("stopped")
+		}
+		return err
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	for {
 		select {
 		case <-hup:
-			for _, w := range procs {
-				_ = w.cmd.Process.Signal(syscall.SIGHUP)
-			}
+			signalAll(syscall.SIGHUP)
 		case w := <-exits:
 			if ctx.Err() != nil || w.err == nil || stoppedBySignal(w.err) {
 				// A signal to the whole process group (Ctrl-C, systemd)
 				// may reach a worker first, or someone stopped one worker:
 				// either way a clean stop, so all stop.
 				logger.Info("a worker stopped; stopping the others", zap.Int("worker", w.index))
-				stopAll()
-				err := waitAll()
-				if err == nil {
-					logger.Info("stopped")
-				}
-				return err
+				return stop()
 			}
 			logger.Error("worker exited on its own; stopping the others", zap.Int("worker", w.index), zap.Error(w.err))
-			stopAll()
-			_ = waitAll()
+			_ = stop()
 			return fmt.Errorf("worker %d exited on its own: %w", w.index, w.err)
 		case <-ctx.Done():
 			logger.Info("stopping the workers")
-			stopAll()
-			err := waitAll()
-			if err == nil {
-				logger.Info("stopped")
-			}
-			return err
+			return stop()
 		}
 	}
 }
@@ -425,7 +422,7 @@ func supervisorAdmin(procs []*workerProc, level zap.AtomicLevel) http.Handler {
 				return
 			}
 		}
-		r.Body = io.NopCloser(strings.NewReader(string(body)))
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		level.ServeHTTP(w, r)
 	})
 	return admin.Handler(admin.Options{Ready: ready, Gatherer: workerGatherer(clients), Level: level, LevelHandler: setLevel})
@@ -435,7 +432,7 @@ func supervisorAdmin(procs []*workerProc, level zap.AtomicLevel) http.Handler {
 func workerCall(c *http.Client, method, path, contentType string, body []byte) (int, string, error) {
 	var rd io.Reader
 	if body != nil {
-		rd = strings.NewReader(string(body))
+		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequest(method, "http://worker"+path, rd)
 	if err != nil {

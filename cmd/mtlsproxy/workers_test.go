@@ -14,9 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -24,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki/pkitest"
 )
 
@@ -98,17 +95,8 @@ func workersServe(t *testing.T, bin string) {
 	up := opstNewUpstream(t, set, nil)
 	// The identity sits behind symlinks, so that only SIGHUP reloads it
 	// (as in opstBinaryHUP).
-	real, linked := t.TempDir(), t.TempDir()
-	realCert, realKey, err := set.Client.WriteFiles(real, "client")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key := filepath.Join(linked, "client.crt"), filepath.Join(linked, "client.key")
-	for from, to := range map[string]string{realCert: cert, realKey: key} {
-		if err := os.Symlink(from, to); err != nil {
-			t.Skipf("cannot make symlinks here: %v", err)
-		}
-	}
+	id := opstLinkIdentity(t, set)
+	cert, key := id.cert, id.key
 	b := opstExec(t, bin, "--workers", "2", "--cert", cert, "--key", key, "--cacert", set.CAFile,
 		"--allow", "api.internal", "--resolve", "api.internal:"+up.port+":127.0.0.1", "--reload-interval", "0")
 	pids := workerPIDs(t, b.stderr.String(), 2)
@@ -173,10 +161,7 @@ func workersServe(t *testing.T, bin string) {
 	}
 
 	// SIGHUP to the supervisor reloads the identity in every worker.
-	renewed := pkitest.Issue(t, set.CA, pki.LeafOptions{CommonName: "renewed-client", Client: true})
-	if _, _, err := renewed.WriteFiles(real, "client"); err != nil {
-		t.Fatal(err)
-	}
+	id.renew(t, set, "renewed-client")
 	if err := b.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -203,22 +188,34 @@ func workersServe(t *testing.T, bin string) {
 	if code := b.waitExit(t, 10*time.Second); code != 0 {
 		t.Errorf("exit status after SIGTERM = %d; want 0\nstderr:\n%s", code, b.stderr)
 	}
-	for i, pid := range pids {
-		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("worker %d (pid %d) still there after the supervisor exited: %v", i, pid, err)
-		}
-	}
+	workersGone(t, pids)
 	if opstLogLine(b.stderr.String(), "stopped") == nil {
 		t.Errorf("log lacks the stopped line:\n%s", b.stderr)
 	}
 }
 
-func workersOneDies(t *testing.T, bin string) {
+// workersStart runs the binary with two workers in front of a test
+// upstream, and returns it with the workers' pids.
+func workersStart(t *testing.T, bin string) (*opstBinary, []int) {
 	set := pkitest.New(t)
 	up := opstNewUpstream(t, set, nil)
 	b := opstExec(t, bin, "--workers", "2", "--cert", set.ClientCert, "--key", set.ClientKey, "--cacert", set.CAFile,
 		"--allow", "api.internal", "--resolve", "api.internal:"+up.port+":127.0.0.1")
-	pids := workerPIDs(t, b.stderr.String(), 2)
+	return b, workerPIDs(t, b.stderr.String(), 2)
+}
+
+// workersGone checks that no worker outlived its supervisor.
+func workersGone(t *testing.T, pids []int) {
+	t.Helper()
+	for i, pid := range pids {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("worker %d (pid %d) still there after the supervisor exited: %v", i, pid, err)
+		}
+	}
+}
+
+func workersOneDies(t *testing.T, bin string) {
+	b, pids := workersStart(t, bin)
 	if err := syscall.Kill(pids[1], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -228,28 +225,20 @@ func workersOneDies(t *testing.T, bin string) {
 	if !strings.Contains(b.stderr.String(), "worker 1 exited on its own: signal: killed") {
 		t.Errorf("stderr does not say which worker died:\n%s", b.stderr)
 	}
-	if err := syscall.Kill(pids[0], 0); !errors.Is(err, syscall.ESRCH) {
-		t.Errorf("worker 0 (pid %d) still there after the supervisor exited: %v", pids[0], err)
-	}
+	workersGone(t, pids)
 }
 
 // SIGTERM to one worker (or to the process group, where a worker may
 // finish draining first) is a clean stop of the whole.
 func workersOneStopped(t *testing.T, bin string) {
-	set := pkitest.New(t)
-	up := opstNewUpstream(t, set, nil)
-	b := opstExec(t, bin, "--workers", "2", "--cert", set.ClientCert, "--key", set.ClientKey, "--cacert", set.CAFile,
-		"--allow", "api.internal", "--resolve", "api.internal:"+up.port+":127.0.0.1")
-	pids := workerPIDs(t, b.stderr.String(), 2)
+	b, pids := workersStart(t, bin)
 	if err := syscall.Kill(pids[0], syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if code := b.waitExit(t, 10*time.Second); code != 0 {
 		t.Errorf("exit status after SIGTERM to worker 0 = %d; want 0\nstderr:\n%s", code, b.stderr)
 	}
-	if err := syscall.Kill(pids[1], 0); !errors.Is(err, syscall.ESRCH) {
-		t.Errorf("worker 1 (pid %d) still there after the supervisor exited: %v", pids[1], err)
-	}
+	workersGone(t, pids)
 }
 
 func TestSameListenAddr(t *testing.T) {
