@@ -264,6 +264,15 @@ func (r *Route) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	return r.dial(ctx, "tcp", addr)
 }
 
+// RoundTrip sends req upstream the way proxied requests go: the route's
+// dial (Address, Resolve), TLS configuration and identity, over its pooled
+// connections, in HTTP/2 when the upstream chooses it by ALPN. req.URL
+// must be an https URL. It is what a pre-flight probe should use, so that
+// the probe and real traffic cannot disagree.
+func (r *Route) RoundTrip(req *http.Request) (*http.Response, error) {
+	return r.conns.Load().main.RoundTrip(req)
+}
+
 // CloseIdleConnections closes pooled upstream connections that are idle.
 func (r *Route) CloseIdleConnections() { r.conns.Load().closeIdle(false) }
 
