@@ -10,8 +10,14 @@ type ClientOptions struct {
 	// Identity is presented when the server asks for a client certificate.
 	// If nil, no client certificate is sent.
 	Identity *Identity
-	// RootCAs verifies the server's chain. If nil, the system roots are used.
+	// RootCAs verifies the server's chain. If nil, and Trust is nil, the
+	// system roots are used.
 	RootCAs *x509.CertPool
+	// Trust, if set, verifies the server's chain with its pool at the time
+	// of the call, instead of RootCAs. A tls.Config has no callback for
+	// roots, so a consumer builds the config again when Trust's generation
+	// moves (see Tracker).
+	Trust TrustSource
 	// ServerName overrides the name sent in SNI and checked against the
 	// server certificate. If empty, the dialed host name is used.
 	ServerName string
@@ -46,9 +52,13 @@ func ClientConfig(o ClientOptions) *tls.Config {
 	if o.HTTP2 {
 		protos = []string{"h2", "http/1.1"}
 	}
+	roots := o.RootCAs
+	if !isNil(o.Trust) {
+		roots = o.Trust.Pool()
+	}
 	cfg := &tls.Config{
 		MinVersion:         minVersion,
-		RootCAs:            o.RootCAs,
+		RootCAs:            roots,
 		ServerName:         o.ServerName,
 		ClientSessionCache: tls.NewLRUClientSessionCache(size),
 		NextProtos:         protos,

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,11 +25,17 @@ import (
 // upstream servers that ask for one. The loaded certificate sits behind an
 // atomic pointer so that a reload is a pointer swap: handshakes in flight keep
 // the certificate they started with, and a reload that fails leaves the
-// previous certificate in place.
+// previous certificate in place. Identity is the file-backed
+// CertificateSource.
 type Identity struct {
 	name string
 	src  IdentitySource
 	cert atomic.Pointer[tls.Certificate]
+	// gen counts the certificates published; see Source.
+	gen atomic.Uint64
+	// reloadMu serialises Reload, so that two concurrent reloads of the
+	// same new files bump the generation once.
+	reloadMu sync.Mutex
 }
 
 // IdentitySource says where an identity's files are: either PEM files
@@ -87,9 +94,20 @@ func (id *Identity) Source() IdentitySource { return id.src }
 // Name is the identity's name as given in the configuration.
 func (id *Identity) Name() string { return id.name }
 
+// Files lists the files the identity is read from, for watching.
+func (id *Identity) Files() []string { return id.src.Files() }
+
+// Generation is 1 after the identity was loaded and increases with each
+// reload that put a different certificate chain in use.
+func (id *Identity) Generation() uint64 { return id.gen.Load() }
+
 // Reload re-reads the identity's files. On any error the certificate in use
-// stays as it was.
+// stays as it was. Files that hold the certificate chain already in use
+// change nothing: Certificate keeps returning the same pointer and the
+// generation stays.
 func (id *Identity) Reload() error {
+	id.reloadMu.Lock()
+	defer id.reloadMu.Unlock()
 	var cert *tls.Certificate
 	var err error
 	if id.src.PKCS12File != "" {
@@ -100,8 +118,28 @@ func (id *Identity) Reload() error {
 	if err != nil {
 		return fmt.Errorf("load identity %q: %w", id.name, err)
 	}
+	if old := id.cert.Load(); old != nil && sameChain(old.Certificate, cert.Certificate) {
+		return nil
+	}
+	// Publish before counting, so that whoever sees the new generation
+	// reads the new certificate.
 	id.cert.Store(cert)
+	id.gen.Add(1)
 	return nil
+}
+
+// sameChain reports whether two DER chains are equal. The key needs no
+// comparison: it was checked against the leaf's public key.
+func sameChain(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // Certificate returns the certificate currently in use. It is never nil for

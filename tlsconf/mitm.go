@@ -1,6 +1,7 @@
 package tlsconf
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -132,8 +133,14 @@ func randomSerial() *big.Int {
 // LeafCache mints and caches the leaf certificates shown to clients, one
 // per name: ECDSA P-256, valid for Validity, minted again when a third of
 // that is left. A burst of connections for a new name mints once.
+//
+// LeafCache is also the Source of the MITM CA: Reload re-reads the CA's
+// files and, when the CA changed, swaps it in as SetCA does. (MitmCA itself
+// is one immutable loaded CA; its Files method predates Source.)
 type LeafCache struct {
 	ca       atomic.Pointer[MitmCA]
+	gen      atomic.Uint64
+	reloadMu sync.Mutex
 	validity time.Duration
 	max      int
 
@@ -160,6 +167,7 @@ func NewLeafCache(ca *MitmCA, validity time.Duration, max int) *LeafCache {
 	}
 	c := &LeafCache{validity: validity, max: max, leaves: map[string]*tls.Certificate{}, inflight: map[string]*mintCall{}}
 	c.ca.Store(ca)
+	c.gen.Store(1)
 	return c
 }
 
@@ -169,6 +177,51 @@ func (c *LeafCache) SetCA(ca *MitmCA) {
 	c.mu.Lock()
 	c.leaves = map[string]*tls.Certificate{}
 	c.mu.Unlock()
+	c.gen.Add(1)
+}
+
+// MitmCASourceName is the Name of every LeafCache: there is one MITM CA
+// per proxy.
+const MitmCASourceName = "mitm_ca"
+
+// Name is MitmCASourceName.
+func (c *LeafCache) Name() string { return MitmCASourceName }
+
+// Files are the CA's certificate and key files.
+func (c *LeafCache) Files() []string {
+	var out []string
+	certFile, keyFile := c.ca.Load().Files()
+	for _, f := range []string{certFile, keyFile} {
+		if f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Generation is 1 for a new cache and increases each time a different CA
+// is put in use (by Reload or SetCA).
+func (c *LeafCache) Generation() uint64 { return c.gen.Load() }
+
+// Reload re-reads the CA from the files it was loaded from. On any error
+// the CA in use stays as it was; the same CA read again changes nothing,
+// so the leaves minted so far stay valid.
+func (c *LeafCache) Reload() error {
+	c.reloadMu.Lock()
+	defer c.reloadMu.Unlock()
+	old := c.ca.Load()
+	if old.certFile == "" {
+		return nil // built in memory: nothing to re-read
+	}
+	ca, err := LoadMitmCA(old.Files())
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(ca.cert.Raw, old.cert.Raw) {
+		return nil
+	}
+	c.SetCA(ca)
+	return nil
 }
 
 // CA is the CA in use.
