@@ -539,3 +539,47 @@ func BenchmarkMintCached(b *testing.B) {
 		}
 	}
 }
+
+// TestMitmLeafCacheReload checks the cache as the MITM CA's Source: a
+// re-read of the same CA keeps the minted leaves (re-minting every leaf at
+// each periodic re-read would cost a key generation per name), and a new
+// CA drops them.
+func TestMitmLeafCacheReload(t *testing.T) {
+	ca, dir := mitmtCA(t)
+	c := NewLeafCache(ca, 0, 0)
+	before, err := c.Certificate("api.internal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reload(); err != nil {
+		t.Fatalf("Reload of the same CA: %v", err)
+	}
+	if again, _ := c.Certificate("api.internal"); again != before || c.Generation() != 1 || c.CA() != ca {
+		t.Errorf("after reloading the same CA: same leaf %v, generation %d, same CA %v; want true, 1, true",
+			again == before, c.Generation(), c.CA() == ca)
+	}
+	other, _ := mitmtCA(t)
+	certFile, keyFile := other.Files()
+	for src, dst := range map[string]string{certFile: filepath.Join(dir, "ca.crt"), keyFile: filepath.Join(dir, "ca.key")} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Reload(); err != nil {
+		t.Fatalf("Reload of a new CA: %v", err)
+	}
+	after, err := c.Certificate("api.internal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Generation() != 2 || after == before {
+		t.Errorf("after a new CA: generation %d, new leaf %v; want 2, true", c.Generation(), after != before)
+	}
+	if err := mitmtVerify(after, c.CA(), "api.internal"); err != nil || !c.CA().Certificate().Equal(other.Certificate()) {
+		t.Errorf("the leaf after the reload does not come from the new CA: %v", err)
+	}
+}
