@@ -40,7 +40,8 @@ type Identity struct {
 
 // IdentitySource says where an identity's files are: either PEM files
 // (CertFile and KeyFile, with KeyPassFile for an encrypted PKCS#8 key) or
-// a PKCS#12 bundle (PKCS12File with PKCS12PassFile).
+// a PKCS#12 bundle (PKCS12File with PKCS12PassFile). It only names files;
+// the loaded, reloadable identity is the Identity, a Source.
 type IdentitySource struct {
 	CertFile    string
 	KeyFile     string

@@ -90,13 +90,21 @@ type Result struct {
 // until someone fixes it.
 type Set struct {
 	mu      sync.Mutex
-	sources []Source
-	lastErr map[Source]string
+	entries []*setEntry
+}
+
+type setEntry struct {
+	src Source
+	// failing is set while reloads fail; lastErr is the text of the
+	// error reported. The text, not the value: each failed reload makes a
+	// new error value that says the same thing.
+	failing bool
+	lastErr string
 }
 
 // NewSet makes a set of the given sources. Nil sources are skipped.
 func NewSet(sources ...Source) *Set {
-	s := &Set{lastErr: map[Source]string{}}
+	s := &Set{}
 	s.Add(sources...)
 	return s
 }
@@ -106,25 +114,38 @@ func NewSet(sources ...Source) *Set {
 func (s *Set) Add(sources ...Source) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-next:
 	for _, src := range sources {
-		if isNil(src) {
+		if isNil(src) || s.has(src) {
 			continue
 		}
-		for _, have := range s.sources {
-			if have == src {
-				continue next
-			}
-		}
-		s.sources = append(s.sources, src)
+		s.entries = append(s.entries, &setEntry{src: src})
 	}
+}
+
+// has reports whether src is in the set. Called with mu held.
+func (s *Set) has(src Source) bool {
+	// Comparing interfaces that hold an incomparable type (a struct with
+	// a slice) panics; such a source cannot be a duplicate by identity.
+	if !reflect.TypeOf(src).Comparable() {
+		return false
+	}
+	for _, e := range s.entries {
+		if reflect.TypeOf(e.src) == reflect.TypeOf(src) && e.src == src {
+			return true
+		}
+	}
+	return false
 }
 
 // Sources lists the set's sources in the order they were added.
 func (s *Set) Sources() []Source {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]Source(nil), s.sources...)
+	out := make([]Source, len(s.entries))
+	for i, e := range s.entries {
+		out[i] = e.src
+	}
+	return out
 }
 
 // Files is the sorted union of the sources' files, for Watch.
@@ -133,8 +154,8 @@ func (s *Set) Files() []string {
 	defer s.mu.Unlock()
 	seen := map[string]bool{}
 	var out []string
-	for _, src := range s.sources {
-		for _, f := range src.Files() {
+	for _, e := range s.entries {
+		for _, f := range e.src.Files() {
 			if f != "" && !seen[f] {
 				seen[f] = true
 				out = append(out, f)
@@ -156,21 +177,21 @@ func (s *Set) Reload(reason string) []Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var news []Result
-	for _, src := range s.sources {
-		before := src.Generation()
-		err := src.Reload()
-		r := Result{Source: src, Name: src.Name(), Reason: reason, Generation: src.Generation()}
+	for _, e := range s.entries {
+		before := e.src.Generation()
+		err := e.src.Reload()
+		r := Result{Source: e.src, Name: e.src.Name(), Reason: reason, Generation: e.src.Generation()}
 		if err != nil {
-			if s.lastErr[src] == err.Error() {
+			if e.failing && e.lastErr == err.Error() {
 				continue
 			}
-			s.lastErr[src] = err.Error()
+			e.failing, e.lastErr = true, err.Error()
 			r.Err = err
 			news = append(news, r)
 			continue
 		}
-		_, r.Recovered = s.lastErr[src]
-		delete(s.lastErr, src)
+		r.Recovered = e.failing
+		e.failing, e.lastErr = false, ""
 		r.Changed = r.Generation != before
 		if r.Changed || r.Recovered {
 			news = append(news, r)

@@ -498,3 +498,73 @@ func TestTrackerChanged(t *testing.T) {
 		}
 	}
 }
+
+// memSource is material that is not in files (as SPIFFE's or PKCS#11's
+// will be). It is a value with a slice in it, which interfaces cannot
+// compare: the set must not try.
+type memSource struct {
+	name  string
+	tags  []string
+	state *memState
+}
+
+type memState struct {
+	mu      sync.Mutex
+	gen     uint64
+	pending func() (changed bool, err error)
+}
+
+func (m memSource) Name() string    { return m.name }
+func (m memSource) Files() []string { return nil }
+func (m memSource) Generation() uint64 {
+	m.state.mu.Lock()
+	defer m.state.mu.Unlock()
+	return m.state.gen
+}
+
+func (m memSource) Reload() error {
+	m.state.mu.Lock()
+	defer m.state.mu.Unlock()
+	if m.state.pending == nil {
+		return nil
+	}
+	changed, err := m.state.pending()
+	if changed && err == nil {
+		m.state.gen++
+	}
+	return err
+}
+
+var _ tlsconf.Source = memSource{}
+
+func TestSetNonFileSource(t *testing.T) {
+	a := memSource{name: "spiffe", tags: []string{"x"}, state: &memState{gen: 1}}
+	b := memSource{name: "pkcs11", tags: []string{"y"}, state: &memState{gen: 1}}
+	set := tlsconf.NewSet(a, b)
+	if got := len(set.Sources()); got != 2 {
+		t.Fatalf("%d sources; want 2", got)
+	}
+	if f := set.Files(); f != nil {
+		t.Errorf("Files() = %v; want nil for sources without files", f)
+	}
+	tr := tlsconf.NewTracker(a, b)
+	steps := []struct {
+		name    string
+		pending func() (bool, error)
+		want    []summary
+	}{
+		{"no change", func() (bool, error) { return false, nil }, nil},
+		{"new SVID", func() (bool, error) { return true, nil }, []summary{{Name: "spiffe", Changed: true, Gen: 2}}},
+		{"agent down", func() (bool, error) { return false, errors.New("workload API: connection refused") },
+			[]summary{{Name: "spiffe", Gen: 2, Err: "connection refused"}}},
+		{"agent still down", func() (bool, error) { return false, errors.New("workload API: connection refused") }, nil},
+		{"agent back, same SVID", func() (bool, error) { return false, nil }, []summary{{Name: "spiffe", Recovered: true, Gen: 2}}},
+	}
+	for _, st := range steps {
+		a.state.pending = st.pending
+		checkNews(t, st.name, set.Reload(st.name), st.want)
+	}
+	if !tr.Changed() || tr.Changed() {
+		t.Error("tracker: want one change reported once")
+	}
+}
