@@ -3,6 +3,8 @@ package tlsconf
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"sync"
+	"sync/atomic"
 )
 
 // ClientOptions describes one upstream TLS client configuration.
@@ -68,4 +70,75 @@ func ClientConfig(o ClientOptions) *tls.Config {
 		cfg.GetClientCertificate = o.Identity.GetClientCertificate
 	}
 	return cfg
+}
+
+// LiveClientConfig keeps one upstream's client config current with its
+// sources, as ghostunnel's certloader does: Config returns the config built
+// from the options, built again (with a new session cache, since a resumed
+// session would carry the old client certificate) once the identity's or
+// the trust's generation has moved. The certificate is already read per
+// handshake through GetClientCertificate; the roots are not, because
+// tls.Config has no callback for them, hence the rebuild.
+type LiveClientConfig struct {
+	opts    ClientOptions
+	sources []Source
+	mu      sync.Mutex // serialises rebuilds
+	cur     atomic.Pointer[liveConfig]
+}
+
+// liveConfig is a built config with the generations it was built from.
+type liveConfig struct {
+	cfg  *tls.Config
+	gens []uint64
+}
+
+// NewLiveClientConfig builds the first config from o.
+func NewLiveClientConfig(o ClientOptions) *LiveClientConfig {
+	c := &LiveClientConfig{opts: o}
+	for _, src := range []Source{o.Identity, o.Trust} {
+		if !isNil(src) {
+			c.sources = append(c.sources, src)
+		}
+	}
+	c.cur.Store(c.build())
+	return c
+}
+
+// build reads the generations before building, so that a change that lands
+// during the build is seen by the next Config call.
+func (c *LiveClientConfig) build() *liveConfig {
+	lc := &liveConfig{gens: make([]uint64, len(c.sources))}
+	for i, src := range c.sources {
+		lc.gens[i] = src.Generation()
+	}
+	lc.cfg = ClientConfig(c.opts)
+	return lc
+}
+
+func (c *LiveClientConfig) current(lc *liveConfig) bool {
+	for i, src := range c.sources {
+		if src.Generation() != lc.gens[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Config returns the config to handshake with; it must not be modified.
+// rebuilt is true for the one call that built it again after a change, so
+// that caller can retire connections made with the previous one. A call
+// that starts after a source's generation moved never gets the previous
+// config.
+func (c *LiveClientConfig) Config() (cfg *tls.Config, rebuilt bool) {
+	if lc := c.cur.Load(); c.current(lc) {
+		return lc.cfg, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if lc := c.cur.Load(); c.current(lc) {
+		return lc.cfg, false // another call rebuilt it
+	}
+	lc := c.build()
+	c.cur.Store(lc)
+	return lc.cfg, true
 }

@@ -6,7 +6,6 @@ package tlsconf_test
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -152,48 +151,5 @@ func expectNoNews(t *testing.T, what string, news <-chan []tlsconf.Result) {
 	case got := <-news:
 		t.Errorf("%s: reload news %v; want none", what, summarize(got))
 	case <-time.After(watchQuiet):
-	}
-}
-
-// TestClientConfigTrustReload checks the route's side: a config built from
-// a TrustSource uses the pool of its time, and a rebuild after the tracker
-// reports a change trusts the new CA.
-func TestClientConfigTrustReload(t *testing.T) {
-	old, upstream := pkitest.New(t), pkitest.New(t)
-	caFile := filepath.Join(t.TempDir(), "ca.crt")
-	writeFile(t, caFile, old.CA.CertPEM)
-	trust, err := tlsconf.LoadTrustBundle("internal", []string{caFile}, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := loadClient(t, upstream)
-	opts := tlsconf.ClientOptions{Identity: id, Trust: trust, ServerName: "api.internal"}
-	tracker := tlsconf.NewTracker(id, trust)
-	cfg := tlsconf.ClientConfig(opts)
-
-	var unknown x509.UnknownAuthorityError
-	if _, _, err, _ := exchange(t, upstream.ServerTLS(), cfg); err == nil || !errors.As(err, &unknown) {
-		t.Fatalf("handshake trusting only the old CA: %v; want an unknown authority error", err)
-	}
-	renameOver(t, caFile, upstream.CA.CertPEM)
-	if news := tlsconf.NewSet(trust).Reload("test"); len(news) != 1 || !news[0].Changed {
-		t.Fatalf("reload of the new CA file: %v; want one change", summarize(news))
-	}
-	if !tracker.Changed() {
-		t.Fatal("tracker did not report the trust bundle's change")
-	}
-	cfg = tlsconf.ClientConfig(opts)
-	if _, _, err, _ := exchange(t, upstream.ServerTLS(), cfg); err != nil {
-		t.Fatalf("handshake after the rebuild: %v", err)
-	}
-
-	// RootCAs is the fallback when Trust is unset, including a typed nil.
-	var unset *tlsconf.TrustBundle
-	cfg = tlsconf.ClientConfig(tlsconf.ClientOptions{Trust: unset, RootCAs: upstream.CA.Pool()})
-	if cfg.RootCAs == nil || !cfg.RootCAs.Equal(upstream.CA.Pool()) {
-		t.Error("with a nil *TrustBundle, RootCAs was not used")
-	}
-	if cfg := tlsconf.ClientConfig(tlsconf.ClientOptions{Trust: trust, RootCAs: old.CA.Pool()}); cfg.RootCAs != trust.Pool() {
-		t.Error("with Trust and RootCAs both set, Trust's pool was not used")
 	}
 }
