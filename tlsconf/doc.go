@@ -47,13 +47,19 @@
 //	err = tlsconf.Watch(ctx, tlsconf.WatchOptions{Files: set.Files(), Interval: every, OnChange: report})
 //	// on SIGHUP: report("SIGHUP")
 //
-// And in a route:
+// And in a route, either keep a LiveClientConfig, which builds the config
+// again after a change and says so once:
 //
-//	opts := tlsconf.ClientOptions{Identity: id, Trust: trust, ServerName: name}
+//	live := tlsconf.NewLiveClientConfig(tlsconf.ClientOptions{Identity: id, Trust: trust, ServerName: name})
+//	cfg, rebuilt := live.Config() // per dial
+//	if rebuilt {
+//		// retire connections and transports made with the previous config
+//	}
+//
+// or build with ClientConfig and keep a Tracker of the same sources:
+//
 //	tracker := tlsconf.NewTracker(id, trust) // nil sources are skipped
-//	cfg := tlsconf.ClientConfig(opts)
-//	// before a dial, or after set.Reload:
-//	if tracker.Changed() {
-//		cfg = tlsconf.ClientConfig(opts) // new pool, new session cache; new transports too
+//	if tracker.Changed() { // after set.Reload, or before a dial
+//		cfg = tlsconf.ClientConfig(opts) // new pool, new session cache
 //	}
 package tlsconf

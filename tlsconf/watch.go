@@ -31,6 +31,9 @@ type WatchOptions struct {
 // ctx ends. It watches the directories that hold the files, not the files:
 // a Kubernetes secret update atomically swaps the "..data" symlink, which a
 // watch on the file itself never sees.
+//
+// For a Set, watch set.Files() and reload the set in OnChange; see the
+// package documentation.
 func Watch(ctx context.Context, o WatchOptions) error {
 	if o.Debounce <= 0 {
 		o.Debounce = 250 * time.Millisecond
