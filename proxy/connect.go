@@ -25,24 +25,12 @@ func (p *Proxy) onConnect(target string, ctx *goproxy.ProxyCtx) (*goproxy.Connec
 		host, port = target, "443"
 	}
 	host = NormalizeHost(host)
-	ex.host = net.JoinHostPort(host, port)
+	var route *Route
 	var perr *proxyError
-	route := p.match(host, port, ex.client)
-	switch {
-	case host == "" || !validPort(port):
+	if host == "" || !validPort(port) {
 		perr = badRequest("CONNECT target %q is not host:port", target)
-	case route == nil:
-		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
-			msg: fmt.Sprintf("CONNECT %s refused: no route allows this host", ex.host)}
-	case route.connect == ConnectMitm && p.mitm == nil:
-		ex.route = route
-		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
-			msg: fmt.Sprintf("CONNECT %s refused: the route intercepts tunnels, but no local CA (mitm_ca) is configured", ex.host)}
-	case route.connect != ConnectTunnel && route.connect != ConnectMitm:
-		ex.route = route
-		perr = &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
-			msg: fmt.Sprintf("CONNECT %s refused: mtlsproxy adds the client certificate to plain-HTTP requests only; use http:// URLs (http://%s/...) through HTTP_PROXY instead of https:// through HTTPS_PROXY",
-				ex.host, stripDefaultPort(ex.host, "443"))}
+	} else {
+		route, perr = p.decide(ex, entryConnect, host, port)
 	}
 	if perr != nil {
 		ex.fail(perr, nil)
@@ -81,7 +69,8 @@ func (p *Proxy) mitmTLS(host, port, client string) func(string, *goproxy.ProxyCt
 			GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 				name := host
 				if sni := NormalizeHost(hello.ServerName); sni != "" && sni != host {
-					if rt := p.match(sni, port, client); rt == nil || rt.connect != ConnectMitm {
+					probe := &exchange{start: time.Now(), client: client}
+					if rt, perr := p.decide(probe, entryConnect, sni, port); perr != nil || rt.connect != ConnectMitm {
 						return nil, fmt.Errorf("client asked for %q inside a tunnel to %q, which no mitm route allows", sni, host)
 					}
 					name = sni

@@ -36,14 +36,21 @@ const (
 // ErrorHeader names the response header that carries the error code.
 const ErrorHeader = "X-Mtlsproxy-Error"
 
-// proxyError is an answer mtlsproxy gives itself instead of the upstream's.
+// proxyError is an answer mtlsproxy gives itself instead of the
+// upstream's: the one error type of every path, rendered one way
+// (response and write share body and setHeaders).
 type proxyError struct {
 	status int
 	code   string
-	msg    string
+	// msg is the one line the client reads after "mtlsproxy: ".
+	msg string
+	// cause, if any, is logged, never sent.
+	cause error
 }
 
 func (e *proxyError) Error() string { return e.msg }
+
+func (e *proxyError) Unwrap() error { return e.cause }
 
 // response renders the error as an HTTP response to req: a one-line
 // text/plain body that starts with "mtlsproxy:".
@@ -98,11 +105,11 @@ func ClassifyUpstreamError(err error, hostport string) (status int, code, msg st
 func classifyUpstreamError(err error, hostport string) *proxyError {
 	tlsErr := func(format string, args ...any) *proxyError {
 		return &proxyError{status: http.StatusBadGateway, code: CodeUpstreamTLS,
-			msg: "upstream " + hostport + ": " + fmt.Sprintf(format, args...)}
+			msg: "upstream " + hostport + ": " + fmt.Sprintf(format, args...), cause: err}
 	}
 	connErr := func(format string, args ...any) *proxyError {
 		return &proxyError{status: http.StatusBadGateway, code: CodeUpstreamConnect,
-			msg: "upstream " + hostport + ": " + fmt.Sprintf(format, args...)}
+			msg: "upstream " + hostport + ": " + fmt.Sprintf(format, args...), cause: err}
 	}
 
 	var (
@@ -148,12 +155,33 @@ func classifyUpstreamError(err error, hostport string) *proxyError {
 		return tlsErr("TLS handshake failed: upstream sent alert: %s", alert)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return connErr("connection refused")
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return connErr("connection closed by upstream before a response: %v", err)
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		return connErr("connection closed by upstream before a response")
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		return connErr("cannot connect: %v", opErr.Err)
+	case strings.HasPrefix(err.Error(), "net/http: HTTP/1.x transport connection broken: malformed"),
+		strings.Contains(err.Error(), "malformed HTTP"), strings.Contains(err.Error(), "malformed MIME"):
+		return connErr("invalid HTTP response from upstream")
 	}
-	return connErr("%v", err)
+	return connErr("%s", strings.TrimPrefix(err.Error(), "net/http: "))
+}
+
+// clientErrorText says, without Go's internal wording, why reading a
+// client's request body failed.
+func clientErrorText(err error) string {
+	s := err.Error()
+	switch {
+	case strings.Contains(s, "chunk"):
+		return "malformed chunked encoding"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "the body ended before its declared length"
+	case strings.Contains(s, "too large"):
+		return "the body is too large"
+	case isTimeout(err):
+		return "timed out waiting for the client to send it"
+	}
+	return "the client connection failed"
 }
 
 // isClientCertAlert reports whether a TLS alert sent by the server means it

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -49,6 +50,15 @@ type exchange struct {
 	// upstreamBodyErr is the error that cut the upstream's response body
 	// short while goproxy copied it.
 	upstreamBodyErr error
+	// clientBodyErr is the error reading the client's request body (such
+	// as malformed chunked framing), which is the client's fault, not the
+	// upstream's.
+	// It is set on the transport's goroutine.
+	clientBodyErr atomic.Pointer[error]
+	// watch is the client connection's Transfer-Encoding watch, if any.
+	watch *teWatch
+	// closeAfter closes the client connection after the response.
+	closeAfter bool
 }
 
 func (ex *exchange) fail(perr *proxyError, cause error) {
@@ -211,6 +221,9 @@ func (w *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, errors.New("mtlsproxy: connection cannot be hijacked")
 	}
 	w.ex.hijacked = true
+	if w.ex.watch != nil {
+		w.ex.watch.off.Store(true) // no longer HTTP/1.1 requests
+	}
 	c, rw, err := hj.Hijack()
 	if err == nil {
 		w.ex.clientBuf = rw.Reader
@@ -222,15 +235,19 @@ func (w *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // Unwrap lets http.ResponseController reach the server's writer.
 func (w *recorder) Unwrap() http.ResponseWriter { return w.w }
 
-// countingBody counts request body bytes for the access log.
+// countingBody counts request body bytes for the access log and records
+// an error reading them.
 type countingBody struct {
 	io.ReadCloser
-	n *int64
+	ex *exchange
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	*b.n += int64(n)
+	b.ex.bytesIn += int64(n)
+	if err != nil && err != io.EOF {
+		b.ex.clientBodyErr.CompareAndSwap(nil, &err)
+	}
 	return n, err
 }
 

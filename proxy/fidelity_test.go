@@ -1096,14 +1096,7 @@ func TestFidPooledDefaultPort(t *testing.T) {
 						t.Fatalf("request %d: %d %q; want 200 %q", i, resp.StatusCode, got, want)
 					}
 				}
-				// With HTTP/2 on, the first bodiless request is tried on the
-				// HTTP/1.1 fast path, whose handshake learns that the upstream
-				// takes h2 and is then thrown away (fasth1.go): one more.
-				want := int64(1)
-				if m.h2 && method != http.MethodPost {
-					want = 2
-				}
-				if c := up.conns.Load(); c != want {
+				if c, want := up.conns.Load(), int64(1); c != want {
 					t.Errorf("%d sequential %s requests to the default port opened %d upstream connections; want %d (pooled)", n, method, c, want)
 				}
 			})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -70,10 +71,6 @@ type Proxy struct {
 	mitm     *tlsconf.LeafCache
 	strip    []string
 	self     map[string]bool
-	// gwTarget is the gateway upstream, when Server may send origin-form
-	// requests there itself (gwFast).
-	gwTarget target
-	gwFast   bool
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -110,7 +107,6 @@ func New(o Options) (*Proxy, error) {
 	}
 	p.clients, p.mitm = o.Clients, o.Mitm
 	p.strip = append([]string{"X-Forwarded-Client-Cert"}, o.StripHeaders...)
-	p.gwTarget, p.gwFast = gatewayTarget(o.Upstream)
 	p.self = map[string]bool{}
 	for _, a := range o.Self {
 		if host, port, err := net.SplitHostPort(a); err == nil {
@@ -144,38 +140,14 @@ func New(o Options) (*Proxy, error) {
 
 // ServeHTTP implements http.Handler.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ex := &exchange{start: time.Now()}
+	ex := &exchange{start: time.Now(), watch: watchOf(r.Context())}
 	rec := newRecorder(w, ex)
 	defer p.recoverPanic(rec, r, ex)
-	if AmbiguousFraming(r.Context()) {
-		perr := badRequest("request has both Content-Length and Transfer-Encoding, a request-smuggling pattern; send one of them")
-		ex.fail(perr, nil)
-		rec.Header().Set("Connection", "close")
-		perr.write(rec)
-		p.logAccess(ex, r)
+	if perr := p.admit(r, ex); perr != nil {
+		p.refuse(rec, r, ex, perr)
 		return
-	}
-	if len(p.clients) > 0 {
-		name, ok := p.clients.authenticate(r.Header)
-		if !ok {
-			perr := proxyAuthRequired()
-			ex.fail(perr, nil)
-			rec.Header().Set("Proxy-Authenticate", `Basic realm="mtlsproxy"`)
-			perr.write(rec)
-			p.logAccess(ex, r)
-			return
-		}
-		ex.client = name
 	}
 	switch {
-	case r.URL.User != nil:
-		// Refused before goproxy sees it, so the credentials in the URL
-		// never reach even a debug log.
-		perr := badRequest("URLs with user info (user:password@) are not forwarded")
-		ex.fail(perr, nil)
-		perr.write(rec)
-		p.logAccess(ex, r)
-		return
 	case r.Method == http.MethodConnect:
 	case r.URL.IsAbs():
 	case p.upstream != nil && strings.HasPrefix(r.RequestURI, "/"):
@@ -191,11 +163,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				r.URL.RawQuery = u.RawQuery + "&" + r.URL.RawQuery
 			}
 		}
+	case r.Method == http.MethodOptions && r.RequestURI == "*":
+		p.optionsStar(rec, r, ex)
+		return
 	default:
-		perr := p.notProxyRequest()
-		ex.fail(perr, nil)
-		perr.write(rec)
-		p.logAccess(ex, r)
+		p.refuse(rec, r, ex, p.notProxyRequest())
 		return
 	}
 	r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
@@ -205,7 +177,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// that the server would wait for the client to send the body the
 	// upstream refused before it sent the answer.
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &countingBody{ReadCloser: r.Body, n: &ex.bytesIn}
+		r.Body = &countingBody{ReadCloser: r.Body, ex: ex}
 	}
 	p.gp.ServeHTTP(rec, r)
 	if ex.clientConn != nil && !ex.connect {
@@ -223,6 +195,58 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.logAccess(ex, r)
 		panic(http.ErrAbortHandler)
 	}
+	p.logAccess(ex, r)
+}
+
+// admit checks what the proxy requires of every request before it is
+// routed: framing it can trust, the caller's credentials, no user info in
+// the URL. It also decides whether the connection must close after this
+// request.
+func (p *Proxy) admit(r *http.Request, ex *exchange) *proxyError {
+	teSeen := ex.watch != nil && ex.watch.seen.Load()
+	if len(r.TransferEncoding) > 0 || teSeen {
+		ex.closeAfter = true
+	}
+	if teSeen && r.ProtoMajor == 1 && r.ProtoMinor == 0 {
+		return badRequest("HTTP/1.0 requests cannot use Transfer-Encoding (RFC 9112 section 6.1); send a Content-Length, or use HTTP/1.1")
+	}
+	if len(p.clients) > 0 {
+		name, ok := p.clients.authenticate(r.Header)
+		if !ok {
+			return proxyAuthRequired()
+		}
+		ex.client = name
+	}
+	if r.URL.User != nil {
+		// Refused before goproxy sees it, so the credentials in the URL
+		// never reach even a debug log.
+		return badRequest("URLs with user info (user:password@) are not forwarded")
+	}
+	return nil
+}
+
+// refuse answers r with the proxy's own error and ends the exchange.
+func (p *Proxy) refuse(w *recorder, r *http.Request, ex *exchange, perr *proxyError) {
+	ex.fail(perr, nil)
+	if perr.status == http.StatusProxyAuthRequired {
+		w.Header().Set("Proxy-Authenticate", `Basic realm="mtlsproxy"`)
+	}
+	if ex.closeAfter || perr.status == http.StatusBadRequest {
+		w.Header().Set("Connection", "close")
+	}
+	perr.write(w)
+	p.logAccess(ex, r)
+}
+
+// optionsStar answers "OPTIONS *", a question about the proxy itself, as
+// Go's server would (200, no body); the proxy answers it so that every
+// request on a connection reaches the proxy and is logged.
+func (p *Proxy) optionsStar(w *recorder, r *http.Request, ex *exchange) {
+	if r.ContentLength != 0 {
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, 256<<10))
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusOK)
 	p.logAccess(ex, r)
 }
 
@@ -245,7 +269,14 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 		ex.finish = func() { p.logAccess(ex, r) }
 	}
 	ctx.UserData = ex
-	route, perr := p.prepare(r, ex)
+	e := entryForward
+	switch {
+	case ex.finish != nil:
+		e = entryMitm
+	case ex.gateway:
+		e = entryGateway
+	}
+	route, perr := p.prepare(r, ex, e)
 	if perr != nil {
 		ex.fail(perr, nil)
 		return r, perr.response(r)
@@ -261,8 +292,10 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 	return r, nil
 }
 
-// prepare routes r and rewrites it into the upstream request.
-func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
+// prepare routes r (an absolute-form request, a gateway request
+// rewritten to the upstream's URL, or a request inside an intercepted
+// tunnel) and rewrites it into the upstream request.
+func (p *Proxy) prepare(r *http.Request, ex *exchange, e entry) (*Route, *proxyError) {
 	scheme := strings.ToLower(r.URL.Scheme)
 	if scheme != "http" && scheme != "https" {
 		return nil, badRequest("unsupported URL scheme %q: use http:// URLs", r.URL.Scheme)
@@ -280,16 +313,13 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 	} else if _, err := checkPort(port); err != nil {
 		return nil, badRequest("URL %q: %v", r.URL.Redacted(), err)
 	}
-	hostport := net.JoinHostPort(host, port)
-	ex.host = hostport
-
-	route, perr := p.pick(host, port, ex)
+	route, perr := p.decide(ex, e, host, port)
 	if perr != nil {
 		return nil, perr
 	}
 
 	r.URL.Scheme = "https"
-	r.URL.Host = stripDefaultPort(hostport, "443")
+	r.URL.Host = stripDefaultPort(ex.host, "443")
 	r.Host = ""
 	r.RequestURI = "" // set on server requests; a client request must not have it
 	// A client's "Connection: close" is about its own connection; passed on,
@@ -305,94 +335,15 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange) (*Route, *proxyError) {
 	return route, nil
 }
 
-// pick chooses the route for host:port (normalized; the port already
-// mapped from 80 to 443) and records it in ex, or explains why the
-// request may not go there.
-func (p *Proxy) pick(host, port string, ex *exchange) (*Route, *proxyError) {
-	hostport := ex.host
-	if p.isSelf(host, port, hostport) {
-		return nil, &proxyError{status: http.StatusLoopDetected, code: CodeBadRequest,
-			msg: fmt.Sprintf("request for %s loops back to mtlsproxy itself; send it to the upstream's name instead", hostport)}
-	}
-	var route *Route
-	if ex.gateway {
-		route = p.upRoute
-		if !route.allows(ex.client) {
-			route = nil
-		}
-	} else {
-		route = p.match(host, port, ex.client)
-	}
-	if route == nil && ex.client != "" && p.matchAnyCaller(host, port, ex.gateway) {
-		return nil, &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
-			msg: fmt.Sprintf("host %s is not allowed for caller %q: its routes are for other callers", hostport, ex.client)}
-	}
-	if route == nil {
-		return nil, &proxyError{status: http.StatusForbidden, code: CodeHostNotAllowed,
-			msg: fmt.Sprintf("host %s is not allowed: no route matches it (to send the client certificate there, add --allow %s, or a route for it in the config file)", hostport, host)}
-	}
-	ex.route = route
-	if id := route.identity; id != nil && id.Expired(ex.start) {
-		leaf := id.Leaf()
-		return nil, &proxyError{status: http.StatusServiceUnavailable, code: CodeIdentityUnavailable,
-			msg: fmt.Sprintf("identity %q is outside its validity period (%s to %s): renew the client certificate",
-				id.Name(), leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))}
-	}
-	return route, nil
-}
-
-// match finds the first route for host:port that the caller may use.
-func (p *Proxy) match(host, port, client string) *Route {
-	for _, rt := range p.routes {
-		if rt.match(host, port) && rt.allows(client) {
-			return rt
-		}
-	}
-	return nil
-}
-
-// matchAnyCaller reports whether some route would carry host:port for
-// another caller.
-func (p *Proxy) matchAnyCaller(host, port string, gateway bool) bool {
-	if gateway {
-		return p.upRoute != nil
-	}
-	for _, rt := range p.routes {
-		if rt.match(host, port) {
-			return true
-		}
-	}
-	return false
-}
-
-// isSelf reports whether host:port (hostport, already joined) is one of
-// the proxy's own listeners.
-func (p *Proxy) isSelf(host, port, hostport string) bool {
-	if len(p.self) == 0 {
-		return false
-	}
-	if p.self[hostport] {
-		return true
-	}
-	// A listener on a loopback or unspecified address is also reached
-	// through localhost and the other loopback names.
-	if host == "localhost" || host == "::1" || strings.HasPrefix(host, "127.") {
-		for a := range p.self {
-			h, pt, _ := net.SplitHostPort(a)
-			if pt == port && (h == "127.0.0.1" || h == "::1" || h == "0.0.0.0" || h == "::" || h == "localhost") {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Response {
 	ex, ok := ctx.UserData.(*exchange)
 	if !ok {
 		return resp
 	}
 	if ex.code != "" { // our own answer
+		if ex.closeAfter && resp != nil {
+			resp.Header.Set("Connection", "close")
+		}
 		if ex.finish != nil && resp != nil {
 			ex.status = resp.StatusCode
 			ex.finish()
@@ -403,13 +354,18 @@ func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Res
 		if ctx.Error == nil {
 			return nil
 		}
-		perr := classifyUpstreamError(ctx.Error, ex.host)
+		perr := p.roundTripError(ex, ctx.Error)
 		ex.fail(perr, ctx.Error)
 		if ex.finish != nil {
 			ex.status = perr.status
 			ex.finish()
 		}
-		return perr.response(ctx.Req)
+		resp := perr.response(ctx.Req)
+		if perr.code == CodeBadRequest || ex.closeAfter {
+			// The rest of the client's body cannot be found.
+			resp.Header.Set("Connection", "close")
+		}
+		return resp
 	}
 	if ex.finish != nil {
 		ex.status = resp.StatusCode
@@ -422,11 +378,26 @@ func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Res
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		removeHopHeaders(resp.Header, false)
+		if ex.closeAfter {
+			// goproxy replaces the writer's headers with these, so the
+			// server learns from here that the connection must close.
+			resp.Header.Set("Connection", "close")
+		}
 	}
 	if p.via != "" {
 		addVia(resp.Header, resp.ProtoMajor, resp.ProtoMinor, p.via)
 	}
 	return resp
+}
+
+// roundTripError is the answer to a round trip that failed: the
+// client's fault if reading its request body failed (malformed chunked
+// framing, a body cut short), else the upstream's.
+func (p *Proxy) roundTripError(ex *exchange, err error) *proxyError {
+	if bodyErr := ex.clientBodyErr.Load(); bodyErr != nil {
+		return badRequest("cannot read the request body: %s", clientErrorText(*bodyErr))
+	}
+	return classifyUpstreamError(err, ex.host)
 }
 
 // stripDefaultPort drops ":port" from hostport when it is the default.

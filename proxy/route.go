@@ -113,16 +113,13 @@ type Route struct {
 
 // transports are a route's pooled upstream connections.
 type transports struct {
-	// fast carries simple HTTP/1.1 requests; see fastH1.
-	fast *fastH1
 	main *http.Transport
 	// h1 carries WebSocket upgrades, which HTTP/2 cannot, when main may
 	// speak HTTP/2; otherwise it is main.
 	h1 *http.Transport
 }
 
-func (ts *transports) closeIdle(final bool) {
-	ts.fast.closeIdle(final)
+func (ts *transports) closeIdle() {
 	ts.main.CloseIdleConnections()
 	if ts.h1 != ts.main {
 		ts.h1.CloseIdleConnections()
@@ -179,7 +176,7 @@ func NewRoute(o RouteOptions) *Route {
 		metrics:  o.Metrics.route(o.Name),
 		maxIdle:  idle,
 	}
-	ts := &transports{fast: newFastH1(r)}
+	ts := &transports{}
 	ts.main = &http.Transport{
 		// Never take proxy settings from the environment: the upstream
 		// side always dials the upstream itself.
@@ -246,7 +243,7 @@ func (r *Route) SetRootCAs(pool *x509.CertPool) {
 func (r *Route) Refresh() {
 	r.tlsConfig.Store(tlsconf.ClientConfig(r.tlsOpts))
 	old := r.conns.Load()
-	next := &transports{fast: newFastH1(r), main: old.main.Clone()}
+	next := &transports{main: old.main.Clone()}
 	next.h1 = next.main
 	if old.h1 != old.main {
 		opts := r.tlsOpts
@@ -255,7 +252,7 @@ func (r *Route) Refresh() {
 		next.h1 = old.h1.Clone()
 	}
 	r.conns.Store(next)
-	old.closeIdle(true)
+	old.closeIdle()
 }
 
 // Dial connects to addr (host:port) the way the route's requests do,
@@ -274,7 +271,7 @@ func (r *Route) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // CloseIdleConnections closes pooled upstream connections that are idle.
-func (r *Route) CloseIdleConnections() { r.conns.Load().closeIdle(false) }
+func (r *Route) CloseIdleConnections() { r.conns.Load().closeIdle() }
 
 func (r *Route) match(host, port string) bool {
 	for _, p := range r.hosts {
@@ -302,17 +299,7 @@ func (r *Route) allows(client string) bool {
 func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {
 	ex, _ := ctx.UserData.(*exchange)
 	ts := r.conns.Load()
-	if ts.fast.eligible(req) {
-		resp, err := ts.fast.roundTrip(req, ex)
-		if err != errFallback {
-			poolBody(resp, ex)
-			finishOnBody(resp, ex)
-			return resp, err
-		}
-	}
 	if ex != nil {
-		// Only http.Transport needs the trace (the fast path knows
-		// whether it reused a connection), so it is set up only here.
 		ex.trace.GotConn = ex.gotConn
 		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &ex.trace))
 	}
@@ -320,8 +307,7 @@ func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Respo
 		return ts.h1.RoundTrip(req)
 	}
 	resp, err := ts.main.RoundTrip(req)
-	poolBody(resp, ex)
-	finishOnBody(resp, ex)
+	wrapBody(resp, ex)
 	return resp, err
 }
 
@@ -341,7 +327,6 @@ func (r *Route) handshake(ctx context.Context, network, addr string, cfg *tls.Co
 	if err != nil {
 		return nil, err
 	}
-	conn = rawIO(conn)
 	if cfg.ServerName == "" {
 		host, _, _ := net.SplitHostPort(addr)
 		cfg = cfg.Clone()
@@ -367,6 +352,13 @@ func (r *Route) handshake(ctx context.Context, network, addr string, cfg *tls.Co
 // errHandshakeTimeout is the upstream TLS handshake running past its
 // timeout.
 var errHandshakeTimeout = &timeoutError{"TLS handshake timeout"}
+
+// timeoutError is a net.Error that timed out.
+type timeoutError struct{ msg string }
+
+func (e *timeoutError) Error() string   { return e.msg }
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return true }
 
 // Resolve maps a normalized "host:port" to the address to dial instead,
 // like curl's --resolve. The TLS server name stays the request's host.
