@@ -57,7 +57,8 @@ type trustState struct {
 
 // LoadTrustBundle loads a trust bundle called name (for logs) from PEM
 // files, starting from the system roots when system is set. No files and
-// no system roots is an error, as for LoadTrust.
+// no system roots is an error, as for LoadTrust; for LoadCAFiles' meaning
+// (the system roots when no file is given), pass system = len(files) == 0.
 func LoadTrustBundle(name string, files []string, system bool) (*TrustBundle, error) {
 	t := &TrustBundle{name: name, files: append([]string(nil), files...), system: system}
 	if err := t.Reload(); err != nil {
