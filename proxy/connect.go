@@ -66,7 +66,15 @@ func (p *Proxy) mitmTLS(host, port, client string) func(string, *goproxy.ProxyCt
 	return func(string, *goproxy.ProxyCtx) (*tls.Config, error) {
 		return &tls.Config{
 			MinVersion: tls.VersionTLS12,
-			GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			GetCertificate: func(hello *tls.ClientHelloInfo) (_ *tls.Certificate, err error) {
+				defer func() {
+					// The handshake runs on goproxy's tunnel goroutine,
+					// which recovers nothing.
+					if v := recover(); v != nil {
+						p.panicked(v, &exchange{host: net.JoinHostPort(host, port)}, http.MethodConnect)
+						err = fmt.Errorf("internal error choosing the certificate for %q", host)
+					}
+				}()
 				name := host
 				if sni := NormalizeHost(hello.ServerName); sni != "" && sni != host {
 					probe := &exchange{start: time.Now(), client: client}
@@ -86,18 +94,25 @@ func validPort(p string) bool {
 	return err == nil
 }
 
-// tunnelRoundTrip carries a request inside an intercepted tunnel. When the
+// mitmRoundTrip carries a request inside an intercepted tunnel. When the
 // round trip fails, goproxy's tunnel loop neither calls onResponse nor
 // answers properly (HTTP/1.1: it drops the connection; HTTP/2: a bare 502),
 // so the failure is turned into mtlsproxy's own error answer here, which
-// onResponse then logs like any other.
-var tunnelRoundTrip = goproxy.RoundTripperFunc(func(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {
+// onResponse then logs like any other. So is a panic, which on goproxy's
+// tunnel goroutine would end the process.
+func (p *Proxy) mitmRoundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (resp *http.Response, err error) {
 	ex := ctx.UserData.(*exchange)
-	resp, err := ex.route.rt.RoundTrip(req, ctx)
+	defer func() {
+		if v := recover(); v != nil {
+			resp, err = p.panicked(v, ex, req.Method).response(req), nil
+		}
+	}()
+	p.hook("roundtrip")
+	resp, err = ex.route.rt.RoundTrip(req, ctx)
 	if err != nil {
 		perr := classifyUpstreamError(err, ex.host)
 		ex.fail(perr, err)
 		return perr.response(req), nil
 	}
 	return resp, nil
-})
+}

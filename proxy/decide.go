@@ -32,6 +32,7 @@ const (
 // route would present is valid now. It records the target and the route
 // in ex for the access log and metrics.
 func (p *Proxy) decide(ex *exchange, e entry, host, port string) (*Route, *proxyError) {
+	p.hook("decide")
 	if host == "" || !validPort(port) {
 		return nil, badRequest("target %q is not host:port", net.JoinHostPort(host, port))
 	}

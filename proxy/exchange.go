@@ -150,20 +150,29 @@ func (p *Proxy) recoverPanic(w *recorder, r *http.Request, ex *exchange) {
 	if v == nil {
 		return
 	}
-	if v == http.ErrAbortHandler {
-		panic(v)
-	}
-	p.log.Error("panic while handling a request", zap.Any("panic", v), zap.String("method", r.Method),
-		zap.String("host", ex.host), zap.Stack("stack"))
-	perr := &proxyError{status: http.StatusInternalServerError, code: codeInternal,
-		msg: "internal error while handling the request (logged with a stack trace)"}
-	ex.fail(perr, nil)
+	perr := p.panicked(v, ex, r.Method)
 	if !w.wroteHeader && !ex.hijacked {
+		w.Header().Set("Connection", "close")
 		perr.write(w)
 	} else {
 		ex.status = http.StatusInternalServerError
 	}
 	p.logAccess(ex, r)
+}
+
+// panicked logs a panic recovered while handling a request, with its
+// stack, and returns the answer the client gets. It re-panics
+// http.ErrAbortHandler, the server's own signal.
+func (p *Proxy) panicked(v any, ex *exchange, method string) *proxyError {
+	if v == http.ErrAbortHandler {
+		panic(v)
+	}
+	p.log.Error("panic while handling a request", zap.Any("panic", v), zap.String("method", method),
+		zap.String("host", ex.host), zap.Stack("stack"))
+	perr := &proxyError{status: http.StatusInternalServerError, code: codeInternal,
+		msg: "internal error while handling the request (logged with a stack trace)"}
+	ex.fail(perr, nil)
+	return perr
 }
 
 // recorder records status and size for the access log and flushes every

@@ -71,6 +71,16 @@ type Proxy struct {
 	mitm     *tlsconf.LeafCache
 	strip    []string
 	self     map[string]bool
+	mitmRT   goproxy.RoundTripper
+	// testHook, if set, is called at named points of the request path,
+	// so that tests can make them fail (a panic, say).
+	testHook func(point string)
+}
+
+func (p *Proxy) hook(point string) {
+	if p.testHook != nil {
+		p.testHook(point)
+	}
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -114,6 +124,7 @@ func New(o Options) (*Proxy, error) {
 		}
 	}
 
+	p.mitmRT = goproxy.RoundTripperFunc(p.mitmRoundTrip)
 	gp := goproxy.NewProxyHttpServer()
 	// Replace the defaults, which read proxy settings from the environment
 	// and skip TLS verification.
@@ -257,8 +268,15 @@ func (p *Proxy) notProxyRequest() *proxyError {
 	return badRequest("this is a forward proxy: send requests for http://HOST/... through it (HTTP_PROXY=http://<this listener>), or start it with --upstream URL to serve paths directly")
 }
 
-func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (req *http.Request, resp *http.Response) {
 	ex, ok := r.Context().Value(exchangeKey{}).(*exchange)
+	// goproxy recovers no panic, and requests inside an intercepted
+	// tunnel run on a goroutine of its own: a panic would end the process.
+	defer func() {
+		if v := recover(); v != nil {
+			req, resp = r, p.panicked(v, ex, r.Method).response(r)
+		}
+	}()
 	if !ok {
 		// A request inside an intercepted tunnel: ServeHTTP does not see
 		// it, so it is timed and logged from here.
@@ -283,7 +301,7 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 	}
 	ctx.RoundTripper = route.rt
 	if ex.finish != nil {
-		ctx.RoundTripper = tunnelRoundTrip
+		ctx.RoundTripper = p.mitmRT
 	}
 	if ce := p.log.Check(zap.DebugLevel, "forwarding"); ce != nil {
 		ce.Write(zap.String("method", r.Method), zap.String("upstream", r.URL.Host), zap.String("path", r.URL.Path),
@@ -335,11 +353,25 @@ func (p *Proxy) prepare(r *http.Request, ex *exchange, e entry) (*Route, *proxyE
 	return route, nil
 }
 
-func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Response {
+func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) (out *http.Response) {
 	ex, ok := ctx.UserData.(*exchange)
 	if !ok {
 		return resp
 	}
+	defer func() {
+		if v := recover(); v != nil {
+			if resp != nil && resp.Body != nil {
+				_ = resp.Body.Close()
+			}
+			perr := p.panicked(v, ex, ctx.Req.Method)
+			if ex.finish != nil {
+				ex.status = perr.status
+				ex.finish()
+			}
+			out = perr.response(ctx.Req)
+		}
+	}()
+	p.hook("response")
 	if ex.code != "" { // our own answer
 		if ex.closeAfter && resp != nil {
 			resp.Header.Set("Connection", "close")
