@@ -204,6 +204,7 @@ func (c *teWatch) scan(b []byte) {
 		c.matched++
 		if c.matched == len(teName) {
 			c.seen.Store(true)
+			c.matched = -1
 			return
 		}
 	}

@@ -255,3 +255,45 @@ func advNewRawUpstreamNoDrain(t testing.TB, set *pkitest.Set, answer string) (po
 	_, port, _ = net.SplitHostPort(ln.Addr().String())
 	return port
 }
+
+// teWatchReference is the simple statement of what teWatch notes: some
+// line of b starts with "transfer-encoding", in any case.
+func teWatchReference(b []byte) bool {
+	for _, line := range strings.Split(string(b), "\n") {
+		if len(line) >= len(teName) && strings.EqualFold(line[:len(teName)], teName) {
+			return true
+		}
+	}
+	return false
+}
+
+// FuzzTEWatch holds teWatch's scanner, fed in arbitrary splits, to the
+// simple reference, and to net/http: whenever http.ReadRequest reads a
+// request framed by Transfer-Encoding from the bytes, the watch saw it.
+func FuzzTEWatch(f *testing.F) {
+	for _, s := range []string{
+		"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+		"GET / HTTP/1.1\nHost: a\nTRANSFER-ENCODING: chunked\n\n0\n\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-Transfer-Encoding: chunked\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\n Transfer-Encoding: chunked\r\n\r\n",
+		"transfer-encodin",
+	} {
+		f.Add([]byte(s), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, b []byte, split uint8) {
+		w := &teWatch{}
+		step := int(split)%17 + 1
+		for i := 0; i < len(b); i += step {
+			w.scan(b[i:min(i+step, len(b))])
+		}
+		want := teWatchReference(b)
+		if got := w.seen.Load(); got != want {
+			t.Fatalf("scan in steps of %d: seen %v; reference %v for %q", step, got, want, b)
+		}
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(string(b))))
+		if err == nil && len(req.TransferEncoding) > 0 && !w.seen.Load() {
+			t.Fatalf("net/http read a Transfer-Encoding request the watch did not see: %q", b)
+		}
+	})
+}
