@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/config"
 	"github.com/mtlsproxy/mtlsproxy/proxy"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf"
 )
@@ -92,21 +93,17 @@ func (c *cli) caCmd(_ context.Context, args []string) error {
 // mitmDomains lists the domains of a config file's mitm routes: the host of
 // an exact pattern, the suffix of a wildcard.
 func mitmDomains(file string) ([]string, error) {
-	fc, _, err := readConfigFile(file)
+	cfg, err := config.Load(file)
 	if err != nil {
 		return nil, err
 	}
 	seen := map[string]bool{}
 	var out []string
-	for _, r := range fc.Routes {
+	for _, r := range cfg.Routes {
 		if r.Connect != "mitm" {
 			continue
 		}
-		hosts := r.Hosts
-		if r.Host != "" {
-			hosts = append(hosts, r.Host)
-		}
-		for _, h := range hosts {
+		for _, h := range r.RouteHosts() {
 			p, err := proxy.ParseHostPattern(h)
 			if err != nil {
 				continue

@@ -1,21 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/mtlsproxy/mtlsproxy/proxy"
-	"github.com/mtlsproxy/mtlsproxy/tlsconf"
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/app"
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/config"
 )
 
 const checkUsage = `Usage: mtlsproxy check --config FILE [--dial]
@@ -23,12 +18,13 @@ const checkUsage = `Usage: mtlsproxy check --config FILE [--dial]
 Validate a config file: every problem is listed with its line and field
 path, and the exit status is 1 if there is any.
 
-With --dial, also connect to every route that names a concrete host and to
-every gateway upstream, do a real mutual-TLS handshake with the route's
-identity and trust, send one HEAD request, and print what was found: TLS
-version and cipher, the server certificate's subject, names and expiry,
-and the client identity presented. Run it before a deploy: it fails if any
-upstream would not accept the proxy, naming the certificate problem.
+With --dial, also send one HEAD request to every route that names a
+concrete host and to every gateway upstream, the way the proxy would: the
+route's own dial, TLS configuration and identity, in HTTP/2 or HTTP/1.1 as
+the upstream chooses. Then print what was found: TLS version and cipher,
+the server certificate's subject, names and expiry, and the client
+identity. Run it before a deploy: it fails if any upstream would not
+accept the proxy, naming the certificate problem.
 
 Flags:
   --config FILE    the config file (also MTLSPROXY_CONFIG)
@@ -65,30 +61,30 @@ func (c *cli) checkCmd(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stderr, "mtlsproxy check: --config FILE is required\n\n%s", checkUsage)
 		return errUsage
 	}
-	fc, probs, err := readConfigFile(*file)
-	if err == nil {
-		pl := planFromFile(fc, probs)
-		err = probs.err()
-		if err == nil {
-			for _, w := range pl.warnings {
-				fmt.Fprintf(c.stdout, "%s: warning: %s\n", *file, w)
-			}
-			fmt.Fprintf(c.stdout, "%s: ok: %s, %s, %s, %s\n", *file,
-				plural(len(fc.Identities), "identity", "identities"), plural(len(fc.Trust), "trust bundle", "trust bundles"),
-				plural(len(fc.Routes), "route", "routes"), plural(len(fc.Gateways), "gateway", "gateways"))
-			if *dial {
-				return c.dialAll(ctx, pl, *timeout)
-			}
-			return nil
-		}
+	cfg, err := config.Load(*file)
+	if err != nil {
+		return &exitError{code: 1, err: err}
 	}
-	if pe, ok := err.(*problemsError); ok {
-		for _, p := range pe.list {
-			fmt.Fprintln(c.stdout, p)
+	pl, err := app.Load(cfg)
+	var problems *config.Error
+	if errors.As(err, &problems) {
+		for _, line := range problems.Lines() {
+			fmt.Fprintln(c.stdout, line)
 		}
-		return &exitError{code: 1, err: fmt.Errorf("%s: %s found", *file, plural(len(pe.list), "problem", "problems"))}
+		return &exitError{code: 1, err: fmt.Errorf("%s: %s found", *file, plural(len(problems.Problems), "problem", "problems"))}
+	} else if err != nil {
+		return &exitError{code: 1, err: err}
 	}
-	return &exitError{code: 1, err: err}
+	for _, w := range pl.Warnings() {
+		fmt.Fprintf(c.stdout, "%s: warning: %s\n", *file, w)
+	}
+	fmt.Fprintf(c.stdout, "%s: ok: %s, %s, %s, %s\n", *file,
+		plural(len(cfg.Identities), "identity", "identities"), plural(len(cfg.Trust), "trust bundle", "trust bundles"),
+		plural(len(cfg.Routes), "route", "routes"), plural(len(cfg.Gateways), "gateway", "gateways"))
+	if *dial {
+		return c.dialAll(ctx, pl, *timeout)
+	}
+	return nil
 }
 
 func plural(n int, one, many string) string {
@@ -98,142 +94,31 @@ func plural(n int, one, many string) string {
 	return strconv.Itoa(n) + " " + many
 }
 
-// dialTarget is one upstream that check --dial handshakes with.
-type dialTarget struct {
-	route    string
-	hostport string
-	rp       *routePlan
-}
-
-func dialTargets(pl *plan) (targets []dialTarget, skipped []string) {
-	for _, rp := range pl.routes {
-		for _, h := range rp.opts.Hosts {
-			host, port, ok := h.Exact()
-			if !ok {
-				skipped = append(skipped, fmt.Sprintf("%s (%s: a wildcard names no host to dial)", rp.opts.Name, h))
-				continue
-			}
-			if port == "" {
-				port = "443"
-			}
-			targets = append(targets, dialTarget{rp.opts.Name, net.JoinHostPort(host, port), rp})
-		}
-	}
-	for _, g := range pl.gateways {
-		host, port, _ := g.route.opts.Hosts[0].Exact()
-		targets = append(targets, dialTarget{g.name, net.JoinHostPort(host, port), g.route})
-	}
-	return targets, skipped
-}
-
-func (c *cli) dialAll(ctx context.Context, pl *plan, timeout time.Duration) error {
-	targets, skipped := dialTargets(pl)
+// dialAll prints check --dial's table.
+func (c *cli) dialAll(ctx context.Context, pl *app.Plan, timeout time.Duration) error {
+	results, skipped := app.Probe(ctx, pl, timeout)
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROUTE\tUPSTREAM\tDIALED\tTLS\tCIPHER\tSERVER SUBJECT\tSERVER NAMES\tSERVER EXPIRES\tCLIENT SUBJECT\tCLIENT EXPIRES\tRESULT")
 	failed := 0
 	now := time.Now()
-	for _, t := range targets {
-		r := dialOne(ctx, t, timeout)
-		if r.err != "" {
+	for _, r := range results {
+		result := "ok (HEAD / answered " + strconv.Itoa(r.Status) + ")"
+		if r.Err != "" {
 			failed++
+			result = "FAIL: " + r.Err
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.route, t.hostport, dash(r.dialed), dash(r.version), dash(r.cipher),
-			dash(r.serverSubject), dash(r.serverNames), days(r.serverNotAfter, now), dash(r.clientSubject), days(r.clientNotAfter, now), r.result())
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Route, r.HostPort, dash(r.Dialed), dash(r.Version), dash(r.Cipher),
+			dash(r.ServerSubject), dash(r.ServerNames), days(r.ServerNotAfter, now), dash(r.ClientSubject), days(r.ClientNotAfter, now), result)
 	}
 	_ = tw.Flush()
 	for _, s := range skipped {
 		fmt.Fprintf(c.stdout, "skipped %s\n", s)
 	}
 	if failed > 0 {
-		return &exitError{code: 1, err: fmt.Errorf("check --dial: %d of %d upstreams failed", failed, len(targets))}
+		return &exitError{code: 1, err: fmt.Errorf("check --dial: %d of %d upstreams failed", failed, len(results))}
 	}
-	fmt.Fprintf(c.stdout, "all %s accepted the handshake\n", plural(len(targets), "upstream", "upstreams"))
+	fmt.Fprintf(c.stdout, "all %s accepted the handshake\n", plural(len(results), "upstream", "upstreams"))
 	return nil
-}
-
-type dialResult struct {
-	dialed, version, cipher        string
-	serverSubject, serverNames     string
-	clientSubject                  string
-	serverNotAfter, clientNotAfter time.Time
-	status                         int
-	err                            string
-}
-
-func (r dialResult) result() string {
-	if r.err != "" {
-		return "FAIL: " + r.err
-	}
-	return "ok (HEAD / answered " + strconv.Itoa(r.status) + ")"
-}
-
-func dialOne(ctx context.Context, t dialTarget, timeout time.Duration) (r dialResult) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	rt := proxy.NewRoute(t.rp.opts)
-	defer rt.CloseIdleConnections()
-	fail := func(err error) dialResult {
-		_, code, msg := proxy.ClassifyUpstreamError(err, t.hostport)
-		r.err = code + ": " + strings.TrimPrefix(msg, "upstream "+t.hostport+": ")
-		return r
-	}
-	conn, err := rt.Dial(ctx, t.hostport)
-	if err != nil {
-		return fail(err)
-	}
-	defer conn.Close()
-	r.dialed = conn.RemoteAddr().String()
-	_ = conn.SetDeadline(time.Now().Add(timeout))
-	host, _, _ := net.SplitHostPort(t.hostport)
-	cfg := rt.TLSConfig().Clone()
-	if cfg.ServerName == "" {
-		cfg.ServerName = host
-	}
-	var sent *tls.Certificate
-	if get := cfg.GetClientCertificate; get != nil {
-		cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			c, err := get(cri)
-			sent = c
-			return c, err
-		}
-	}
-	tc := tls.Client(conn, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return fail(err)
-	}
-	cs := tc.ConnectionState()
-	r.version, r.cipher = tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite)
-	leaf := cs.PeerCertificates[0]
-	r.serverSubject, r.serverNames, r.serverNotAfter = leaf.Subject.String(), strings.Join(tlsconf.PresentedSANs(leaf), " "), leaf.NotAfter
-	if sent != nil && sent.Leaf != nil {
-		r.clientSubject, r.clientNotAfter = sent.Leaf.Subject.String(), sent.Leaf.NotAfter
-	} else if t.rp.opts.Identity != nil {
-		r.clientSubject = "(not asked for)"
-	} else {
-		r.clientSubject = "(none)"
-	}
-	// With TLS 1.3 the server judges the client certificate after the
-	// handshake, so only a request tells whether it was accepted.
-	fmt.Fprintf(tc, "HEAD / HTTP/1.1\r\nHost: %s\r\nUser-Agent: mtlsproxy-check\r\nConnection: close\r\n\r\n", hostHeader(t.hostport))
-	resp, err := http.ReadResponse(bufio.NewReader(tc), &http.Request{Method: http.MethodHead})
-	if err != nil {
-		return fail(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	r.status = resp.StatusCode
-	return r
-}
-
-func hostHeader(hostport string) string {
-	host, port, err := net.SplitHostPort(hostport)
-	if err == nil && port == "443" {
-		if strings.Contains(host, ":") {
-			return "[" + host + "]"
-		}
-		return host
-	}
-	return hostport
 }
 
 func dash(s string) string {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/cfgtest"
 	"io"
 	"log"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"text/tabwriter"
 
@@ -79,7 +81,7 @@ var (
 // ports named in ports by $PORT_<name>, and expiry dates by $DATE (with the days or hours left). The
 // --dial table is laid out again after the replacement, so that its
 // columns do not depend on the lengths of what was replaced.
-func cfgtCheckTranscript(t *testing.T, f *cfgtFiles, ports map[string]string, env map[string]string, args ...string) (string, error) {
+func cfgtCheckTranscript(t *testing.T, f *cfgtest.Files, ports map[string]string, env map[string]string, args ...string) (string, error) {
 	t.Helper()
 	stdout, stderr, err := runOnce(env, append([]string{"check"}, args...)...)
 	var eb bytes.Buffer
@@ -152,18 +154,18 @@ func cfgtWantExit(t *testing.T, err error, code int) {
 }
 
 func TestCheckGolden(t *testing.T) {
-	f := cfgtNewFiles(t)
+	f := cfgtest.New(t)
 	tests := []struct {
 		golden string
 		text   string
 		code   int
 	}{
-		{"check-ok.golden", cfgtValid, 0},
-		{"check-bad.golden", cfgtAllProblems, 1},
+		{"check-ok.golden", cfgtest.Valid, 0},
+		{"check-bad.golden", cfgtest.AllProblems, 1},
 	}
 	for _, tt := range tests {
 		t.Run(strings.TrimSuffix(tt.golden, ".golden"), func(t *testing.T) {
-			file := f.write(t, tt.text)
+			file := f.Write(t, tt.text)
 			got, err := cfgtCheckTranscript(t, f, nil, nil, "--config", file)
 			cfgtWantExit(t, err, tt.code)
 			golden(t, tt.golden, got)
@@ -252,7 +254,7 @@ routes:
 `
 
 func TestCheckDial(t *testing.T) {
-	f := cfgtNewFiles(t)
+	f := cfgtest.New(t)
 	otherCA, err := pki.NewCA("other CA")
 	if err != nil {
 		t.Fatal(err)
@@ -294,7 +296,7 @@ func TestCheckDial(t *testing.T) {
 	}{
 		{"check-dial.golden", cfgtDialConfig, 0, []string{
 			"all 5 upstreams accepted the handshake", "skipped wild (*.wild.internal: a wildcard names no host to dial)",
-			"CN=other-client,O=mtlsproxy test", "(none)", "(not asked for)"}},
+			"CN=other-client,O=mtlsproxy test", "(none)"}},
 		{"check-dial-fail.golden", cfgtDialFailConfig, 1, []string{
 			"check --dial: 3 of 4 upstreams failed",
 			`FAIL: upstream-tls: TLS handshake failed: certificate signed by unknown authority (issuer "CN=other CA,O=mtlsproxy test")`,
@@ -305,7 +307,7 @@ func TestCheckDial(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.TrimSuffix(tt.golden, ".golden"), func(t *testing.T) {
-			file := f.write(t, expand(tt.text))
+			file := f.Write(t, expand(tt.text))
 			got, err := cfgtCheckTranscript(t, f, ports, nil, "--config", file, "--dial", "--timeout", "5s")
 			cfgtWantExit(t, err, tt.code)
 			for _, w := range tt.want {
@@ -321,8 +323,8 @@ func TestCheckDial(t *testing.T) {
 // TestCheckCommand covers how check is invoked and how it fails when the
 // file cannot be checked at all.
 func TestCheckCommand(t *testing.T) {
-	f := cfgtNewFiles(t)
-	good := f.write(t, cfgtValid)
+	f := cfgtest.New(t)
+	good := f.Write(t, cfgtest.Valid)
 	tests := []struct {
 		name       string
 		env        map[string]string
@@ -359,11 +361,11 @@ func TestCheckCommand(t *testing.T) {
 				return
 			}
 			cfgtWantExit(t, err, tt.code)
-			if got := f.unexpand(stdout); got != tt.wantStdout {
+			if got := f.Unexpand(stdout); got != tt.wantStdout {
 				t.Errorf("stdout %q; want %q", got, tt.wantStdout)
 			}
 			if tt.code != 0 {
-				if got := f.unexpand(err.Error()); got != tt.wantErr {
+				if got := f.Unexpand(err.Error()); got != tt.wantErr {
 					t.Errorf("error %q; want %q", got, tt.wantErr)
 				}
 			}
@@ -371,5 +373,34 @@ func TestCheckCommand(t *testing.T) {
 				t.Errorf("stderr %q; want nothing (the caller prints the error)", stderr)
 			}
 		})
+	}
+}
+
+// TestCheckDialHTTP2 checks check --dial against an upstream that speaks
+// HTTP/2 and requires a client certificate: the probe must speak what
+// ALPN chose (it used to write HTTP/1.1 after choosing h2, and failed).
+func TestCheckDialHTTP2(t *testing.T) {
+	f := cfgtest.New(t)
+	var seen atomic.Value
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.Proto + " " + r.Method + " " + r.TLS.PeerCertificates[0].Subject.CommonName)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	srv.EnableHTTP2 = true
+	srv.TLS = f.ServerTLS()
+	srv.TLS.ClientAuth = tls.RequireAndVerifyClientCert
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	text := cfgtest.Base + "routes:\n  - {host: api.internal, identity: app, trust: internal, address: " + srv.Listener.Addr().String() + "}\n"
+	stdout, _, err := runOnce(nil, "check", "--config", f.Write(t, text), "--dial", "--timeout", "5s")
+	if err != nil {
+		t.Fatalf("check --dial: %v\n%s", err, stdout)
+	}
+	if !strings.Contains(stdout, "ok (HEAD / answered 204)") {
+		t.Errorf("output lacks the HEAD answer:\n%s", stdout)
+	}
+	if got, want := seen.Load(), "HTTP/2.0 HEAD test-client"; got != want {
+		t.Errorf("upstream saw %v; want %q", got, want)
 	}
 }

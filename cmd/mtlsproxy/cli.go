@@ -23,12 +23,10 @@ type cli struct {
 	// onListen, if set, is called with each listener's address once it
 	// accepts connections.
 	onListen func(name string, addr net.Addr)
-	// inherited are a worker's listening sockets (see workers.go).
-	inherited []*os.File
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := &cli{stdout: stdout, stderr: stderr, getenv: osGetenv}
+	c := &cli{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 	return c.main(ctx, args)
 }
 

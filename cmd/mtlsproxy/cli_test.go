@@ -15,17 +15,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/config"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki/pkitest"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/cli/ and the generated part of docs/configuration.md")
 
-// golden compares got with testdata/name, or rewrites it with -update.
+// goldenDir holds the command's goldens, in the repository's testdata.
+var goldenDir = filepath.Join("..", "..", "testdata", "cli")
+
+// golden compares got with testdata/cli/name, or rewrites it with -update.
 func golden(t *testing.T, name, got string) {
 	t.Helper()
-	path := filepath.Join("testdata", name)
+	path := filepath.Join(goldenDir, name)
 	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
+		if err := os.MkdirAll(goldenDir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
@@ -142,7 +146,7 @@ func TestRunValidation(t *testing.T) {
 		{"no identity", []string{"run", "--allow", "api.internal"}, []string{"no client identity", "--cert", "--key"}},
 		{"key without cert", []string{"run", "--key", s.ClientKey, "--allow", "api.internal"}, []string{"--key given without --cert"}},
 		{"cert without key", []string{"run", "--cert", s.ClientCert, "--allow", "api.internal"}, []string{"--cert given without --key"}},
-		{"cert file missing", []string{"run", "--cert", missing, "--key", s.ClientKey, "--allow", "a"}, []string{"--cert/--key", "missing.pem"}},
+		{"cert file missing", []string{"run", "--cert", missing, "--key", s.ClientKey, "--allow", "a"}, []string{"--cert", "missing.pem"}},
 		{"key does not match", []string{"run", "--cert", s.ClientCert, "--key", s.ServerKey, "--allow", "a"}, []string{"--cert/--key", "does not match certificate"}},
 		{"bad allow wildcard", with("--allow", "api.*.internal"), []string{"--allow", "api.*.internal", "wildcard"}},
 		{"bad allow port", with("--allow", "api.internal:0"), []string{"--allow", `bad port "0"`}},
@@ -150,7 +154,6 @@ func TestRunValidation(t *testing.T) {
 		{"bad resolve", with("--allow", "a", "--resolve", "api.internal:443"), []string{"--resolve", "HOST:PORT:ADDR"}},
 		{"resolve to name", with("--allow", "a", "--resolve", "api.internal:443:localhost"), []string{"--resolve", "not an IP address"}},
 		{"bad log level", with("--allow", "a", "--log-level", "loud"), []string{"--log-level", "loud"}},
-		{"empty log level", with("--allow", "a", "--log-level", ""), []string{"--log-level"}},
 		{"bad log format", with("--allow", "a", "--log-format", "xml"), []string{"--log-format", "xml"}},
 		{"upstream http", with("--upstream", "http://api.internal"), []string{"--upstream", "https://"}},
 		{"upstream no host", with("--upstream", "https://"), []string{"--upstream", "no host"}},
@@ -276,5 +279,31 @@ func TestDemo(t *testing.T) {
 	}
 	if _, err := os.Stat(certFile); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("after the demo, stat %s = %v; want the temporary directory removed", certFile, err)
+	}
+}
+
+// TestDocsFlagTable checks that the flag table in docs/configuration.md is
+// the one the settings table makes (regenerate it with -update).
+func TestDocsFlagTable(t *testing.T) {
+	const begin, end = "<!-- BEGIN GENERATED FLAG TABLE -->\n", "<!-- END GENERATED FLAG TABLE -->"
+	path := filepath.Join("..", "..", "docs", "configuration.md")
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, rest, ok := strings.Cut(string(doc), begin)
+	_, tail, ok2 := strings.Cut(rest, end)
+	if !ok || !ok2 {
+		t.Fatalf("%s lacks the lines %q and %q around the flag table", path, strings.TrimSpace(begin), end)
+	}
+	want := head + begin + config.FlagTable() + end + tail
+	if *update {
+		if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if string(doc) != want {
+		t.Errorf("the flag table in %s is not the one the settings make; run go test ./cmd/mtlsproxy -run TestDocsFlagTable -update", path)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/config"
+	"github.com/mtlsproxy/mtlsproxy/tlsconf"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki"
 )
 
@@ -43,8 +45,8 @@ func (c *cli) demoCmd(ctx context.Context, args []string) error {
 	if err := c.parseFlags(fs, args, demoUsage); err != nil {
 		return ignoreHelp(err)
 	}
-	if err := checkListen("--listen", *listenAddr, false); err != nil {
-		return err
+	if err := config.CheckListen(*listenAddr, false); err != nil {
+		return fmt.Errorf("demo --listen: %w", err)
 	}
 	if strings.HasPrefix(*listenAddr, "unix:") {
 		return fmt.Errorf("demo --listen %s: the demo listens on TCP only (the curl line needs a host:port)", *listenAddr)
@@ -150,7 +152,7 @@ func startDemoUpstream(f *demoFiles) (*http.Server, net.Addr, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	pool, err := loadPool(f.caCert)
+	pool, err := tlsconf.LoadCAFiles([]string{f.caCert})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -189,12 +189,7 @@ func TestHardListenUnsafe(t *testing.T) {
 				t.Errorf("run --listen %s: %v; want an error naming %s and --unsafe-listen", addr, err, addr)
 			}
 			// With the flag, the same address passes validation.
-			c := &cli{stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }}
-			cfg, err := c.parseRunFlags(env.flags("--allow", "api.internal", "--listen", addr, "--unsafe-listen"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := cfg.plan(); err != nil {
+			if _, err := loadRun(nil, env.flags("--allow", "api.internal", "--listen", addr, "--unsafe-listen")...); err != nil {
 				t.Errorf("--listen %s --unsafe-listen: %v; want it accepted", addr, err)
 			}
 		})

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/app"
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/config"
 )
 
 // syncBuffer is a bytes.Buffer safe for the logger and the test to share.
@@ -159,4 +163,19 @@ func runOnce(env map[string]string, args ...string) (stdout, stderr string, err 
 	defer cancel()
 	err = c.main(ctx, args)
 	return o.String(), e.String(), err
+}
+
+// loadRun parses run's arguments with env as the environment and loads
+// what they describe, as run does before it listens.
+func loadRun(env map[string]string, args ...string) (*app.Plan, error) {
+	r := config.NewRun()
+	r.FlagSet().SetOutput(io.Discard)
+	if err := r.FlagSet().Parse(args); err != nil {
+		return nil, err
+	}
+	cfg, err := r.Config(func(k string) string { return env[k] })
+	if err != nil {
+		return nil, err
+	}
+	return app.Load(cfg)
 }

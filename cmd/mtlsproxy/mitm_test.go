@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/cfgtest"
 	"io"
 	"io/fs"
 	"net"
@@ -26,7 +27,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mtlsproxy/mtlsproxy/proxy"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki/pkitest"
 )
@@ -118,9 +118,9 @@ func TestMitmCAInit(t *testing.T) {
 // of a wildcard, each once; other routes do not count. The config may
 // already name the CA files that ca init is about to write.
 func TestMitmCAInitFromConfig(t *testing.T) {
-	f := cfgtNewFiles(t)
+	f := cfgtest.New(t)
 	caDir := filepath.Join(f.Dir, "mitm")
-	cfg := f.write(t, cfgtBase+`mitm_ca: {cert: $DIR/mitm/ca.crt, key: $DIR/mitm/ca.key}
+	cfg := f.Write(t, cfgtest.Base+`mitm_ca: {cert: $DIR/mitm/ca.crt, key: $DIR/mitm/ca.key}
 routes:
   - {host: "api.internal:8443", identity: app, trust: internal, connect: mitm}
   - {hosts: ["*.corp.example", "git.corp.example", "API.internal"], identity: app, trust: internal, connect: mitm}
@@ -155,13 +155,13 @@ routes:
 }
 
 func TestMitmCAInitErrors(t *testing.T) {
-	f := cfgtNewFiles(t)
+	f := cfgtest.New(t)
 	noMitm := filepath.Join(f.Dir, "nomitm.yaml")
-	if err := os.WriteFile(noMitm, []byte(f.expand(cfgtBase+"routes:\n  - {host: a.internal, identity: app, connect: tunnel}\n")), 0o644); err != nil {
+	if err := os.WriteFile(noMitm, []byte(f.Expand(cfgtest.Base+"routes:\n  - {host: a.internal, identity: app, connect: tunnel}\n")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	anyHost := filepath.Join(f.Dir, "any.yaml")
-	if err := os.WriteFile(anyHost, []byte(f.expand(cfgtBase+"routes:\n  - {host: \"*\", identity: app, connect: mitm}\n")), 0o644); err != nil {
+	if err := os.WriteFile(anyHost, []byte(f.Expand(cfgtest.Base+"routes:\n  - {host: \"*\", identity: app, connect: mitm}\n")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -216,67 +216,6 @@ func TestMitmCAInitErrors(t *testing.T) {
 			}
 			if _, err := os.Stat(out); tt.stdout == "" && !errors.Is(err, fs.ErrNotExist) {
 				t.Errorf("%s was created by a failed ca init", out)
-			}
-		})
-	}
-}
-
-// TestMitmConfig checks mitm_ca and connect: mitm in the config file.
-func TestMitmConfig(t *testing.T) {
-	f := cfgtNewFiles(t)
-	caDir := filepath.Join(f.Dir, "mitm")
-	if _, _, err := runOnce(nil, "ca", "init", "--out", caDir, "--permit", "api.internal"); err != nil {
-		t.Fatal(err)
-	}
-	mitmRoute := "routes:\n  - {host: api.internal, identity: app, trust: internal, connect: mitm}\n"
-
-	pl, problems, err := cfgtLoad(t, f, cfgtBase+"mitm_ca: {cert: $DIR/mitm/ca.crt, key: $DIR/mitm/ca.key}\n"+mitmRoute)
-	if err != nil || len(problems) > 0 {
-		t.Fatalf("valid mitm config: %v %q", err, problems)
-	}
-	if pl.mitmCA == nil || !pl.mitmCA.Constrained() {
-		t.Fatalf("plan has no (constrained) MITM CA: %+v", pl.mitmCA)
-	}
-	if len(pl.routes) != 1 || pl.routes[0].opts.Connect != proxy.ConnectMitm {
-		t.Errorf("route connect policy %v; want mitm", pl.routes[0].opts.Connect)
-	}
-
-	for _, tt := range []struct {
-		name, text string
-		want       []string // substrings, one problem each
-	}{
-		{"mitm route without mitm_ca", cfgtBase + mitmRoute,
-			[]string{"routes[0].connect: mitm needs a local CA: add mitm_ca: {cert, key} (make one with: mtlsproxy ca init --out DIR)"}},
-		{"mitm_ca is not a CA", cfgtBase + "mitm_ca: {cert: $SERVERCERT, key: $SERVERKEY}\n" + mitmRoute,
-			[]string{"mitm_ca: MITM CA certificate $DIR/server.crt is not a CA certificate (make one with: mtlsproxy ca init)"}},
-		{"mitm_ca key of another certificate", cfgtBase + "mitm_ca: {cert: $DIR/mitm/ca.crt, key: $SERVERKEY}\n" + mitmRoute,
-			[]string{"mitm_ca: MITM CA key $DIR/server.key: private key (ECDSA P-256) does not match certificate"}},
-		{"mitm_ca files missing", cfgtBase + "mitm_ca: {cert: $MISSING, key: $DIR/mitm/ca.key}\n" + mitmRoute,
-			[]string{"mitm_ca: read MITM CA certificate: open $DIR/missing.pem: no such file or directory"}},
-		{"mitm_ca without key", cfgtBase + "mitm_ca: {cert: $DIR/mitm/ca.crt}\n" + mitmRoute,
-			[]string{"mitm_ca: give cert and key (make them with: mtlsproxy ca init --out DIR)"}},
-		{"unknown key in mitm_ca", cfgtBase + "mitm_ca: {cert: $DIR/mitm/ca.crt, key: $DIR/mitm/ca.key, pass: x}\n" + mitmRoute,
-			[]string{`mitm_ca.pass: unknown key "pass" in mitm_ca`}},
-		{"unknown connect policy", cfgtBase + "routes:\n  - {host: api.internal, identity: app, connect: intercept}\n",
-			[]string{`routes[0].connect: "intercept": want reject, tunnel or mitm`}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			_, problems, err := cfgtLoad(t, f, tt.text)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(problems) != len(tt.want) {
-				t.Fatalf("problems %q; want %d matching %q", problems, len(tt.want), tt.want)
-			}
-			for i, w := range tt.want {
-				if !strings.Contains(problems[i], w) {
-					t.Errorf("problem %q; want it to contain %q", problems[i], w)
-				}
-			}
-			for _, p := range problems {
-				if strings.Contains(p, "PRIVATE KEY") {
-					t.Errorf("a problem shows key material: %q", p)
-				}
 			}
 		})
 	}

@@ -559,7 +559,7 @@ func TestRotationStartupErrors(t *testing.T) {
 		{"pkcs12 wrong password", []string{"--pkcs12", p12File, "--pkcs12-pass-file", wrong}, []string{"--pkcs12", "wrong password", wrong}},
 		{"pkcs12 without password file", []string{"--pkcs12", p12File}, []string{"--pkcs12", "needs a password"}},
 		{"key of another certificate", []string{"--cert", set.ClientCert, "--key", otherKey}, []string{"--cert/--key", "does not match certificate", otherKey}},
-		{"missing key file", []string{"--cert", set.ClientCert, "--key", filepath.Join(dir, "nope.key")}, []string{"read key", "nope.key"}},
+		{"missing key file", []string{"--cert", set.ClientCert, "--key", filepath.Join(dir, "nope.key")}, []string{"--key: open ", "nope.key", "no such file"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

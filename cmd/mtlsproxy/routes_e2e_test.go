@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"fmt"
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/cfgtest"
 	"io"
 	"net"
 	"net/http"
@@ -81,7 +82,7 @@ func cfgtConnect(t *testing.T, addr, target string) (net.Conn, *bufio.Reader, cf
 // gateway, against in-process upstreams that report which client
 // certificate they saw.
 func TestRoutesE2E(t *testing.T) {
-	f := cfgtNewFiles(t)
+	f := cfgtest.New(t)
 	// One server certificate for every upstream: the names the routes
 	// verify, and a SPIFFE ID for verify.san.
 	spiffe, err := url.Parse("spiffe://corp/api")
@@ -163,7 +164,7 @@ gateways:
     trust: internal
     address: $MTLS
 `)
-	run := cfgtStartRun(t, 2, "--config", f.write(t, config))
+	run := cfgtStartRun(t, 2, "--config", f.Write(t, config))
 	proxyURL := &url.URL{Scheme: "http", Host: run.addrs["listen"]}
 	tr := &http.Transport{Proxy: http.ProxyURL(proxyURL)}
 	t.Cleanup(tr.CloseIdleConnections)

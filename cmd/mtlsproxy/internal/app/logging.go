@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"io"
@@ -8,10 +8,10 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// newLoggers builds the operational logger and the access logger. Neither
+// NewLoggers builds the operational logger and the access logger. Neither
 // is sampled: zap's sampler would drop access lines past 100 a second.
 // A worker (index >= 0) marks its lines with its index.
-func newLoggers(w io.Writer, format string, level zap.AtomicLevel, worker int) (logger, access *zap.Logger, stop func()) {
+func NewLoggers(w io.Writer, format string, level zap.AtomicLevel, worker int) (logger, access *zap.Logger, stop func()) {
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.TimeKey = "ts"
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder

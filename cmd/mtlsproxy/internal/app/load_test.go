@@ -1,189 +1,81 @@
-package main
+package app
 
 import (
 	"crypto/tls"
 	"errors"
-	"os"
-	"path/filepath"
+	"io"
 	"reflect"
 	"sort"
 	"strings"
 	"testing"
 
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/cfgtest"
+	"github.com/mtlsproxy/mtlsproxy/cmd/mtlsproxy/internal/config"
 	"github.com/mtlsproxy/mtlsproxy/proxy"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf"
-	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki"
-	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki/pkitest"
 	"go.uber.org/zap/zapcore"
-	"go.yaml.in/yaml/v3"
-	"software.sslmate.com/src/go-pkcs12"
 )
 
-// cfgtFiles is a test PKI on disk for config files: the placeholders a
-// config text may use, and the files they stand for.
-type cfgtFiles struct {
-	*pkitest.Set
-	// Other is a second client identity with another subject.
-	Other               *pki.Leaf
-	OtherCert, OtherKey string
-	OtherSubject        string
-	// P12 holds Other's key and chain, encrypted with the password in
-	// P12Pass.
-	P12, P12Pass            string
-	NoCert, Missing, Config string
-	vars                    []string // placeholder, value pairs for strings.NewReplacer
-}
-
-// cfgtNewFiles makes the PKI in a fresh directory.
-func cfgtNewFiles(t testing.TB) *cfgtFiles {
-	t.Helper()
-	f := &cfgtFiles{Set: pkitest.New(t)}
-	f.Other = pkitest.Issue(t, f.CA, pki.LeafOptions{CommonName: "other-client", Client: true})
-	var err error
-	if f.OtherCert, f.OtherKey, err = f.Other.WriteFiles(f.Dir, "other"); err != nil {
-		t.Fatal(err)
-	}
-	f.OtherSubject = f.Other.Cert.Subject.String()
-	p12, err := pkcs12.Modern.Encode(f.Other.Key, f.Other.Cert, nil, "s3cret")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.P12, f.P12Pass = filepath.Join(f.Dir, "other.p12"), filepath.Join(f.Dir, "other.pass")
-	if err := os.WriteFile(f.P12, p12, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(f.P12Pass, []byte("s3cret\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// A file with no CERTIFICATE block, for a trust bundle that trusts
-	// nothing.
-	f.NoCert = filepath.Join(f.Dir, "nocert.pem")
-	if err := os.WriteFile(f.NoCert, []byte("# no certificates here\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f.Missing = filepath.Join(f.Dir, "missing.pem")
-	f.Config = filepath.Join(f.Dir, "config.yaml")
-	// strings.Replacer tries the pairs in order: longer names first, so
-	// that $P12 does not eat the start of $P12PASS.
-	f.vars = []string{
-		"$OTHERCERT", f.OtherCert, "$OTHERKEY", f.OtherKey,
-		"$SERVERCERT", f.ServerCert, "$SERVERKEY", f.ServerKey,
-		"$P12PASS", f.P12Pass, "$P12", f.P12,
-		"$MISSING", f.Missing, "$NOCERT", f.NoCert,
-		"$CERT", f.ClientCert, "$KEY", f.ClientKey, "$CA", f.CAFile, "$DIR", f.Dir,
-	}
-	return f
-}
-
-// expand replaces the placeholders in text.
-func (f *cfgtFiles) expand(text string) string {
-	return strings.NewReplacer(f.vars...).Replace(text)
-}
-
-// write expands text into the config file and returns its path.
-func (f *cfgtFiles) write(t testing.TB, text string) string {
-	t.Helper()
-	if err := os.WriteFile(f.Config, []byte(f.expand(text)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return f.Config
-}
-
-// unexpand turns the paths in s back into placeholders ($DIR for the
-// directory), so that expected messages can be written down.
-func (f *cfgtFiles) unexpand(s string) string {
-	return strings.ReplaceAll(strings.ReplaceAll(s, f.Config, "$FILE"), f.Dir, "$DIR")
-}
-
-// cfgtLoad reads and validates a config file as run and check do. It
-// returns the problems (with paths unexpanded), or the error that stopped
+// cfgtLoad reads and loads a config file as run and check do. It returns
+// the problems (with paths unexpanded), or the error that stopped
 // reading, and the plan.
-func cfgtLoad(t testing.TB, f *cfgtFiles, text string) (pl *plan, problems []string, err error) {
+func cfgtLoad(t testing.TB, f *cfgtest.Files, text string) (pl *Plan, problems []string, err error) {
 	t.Helper()
-	fc, probs, err := readConfigFile(f.write(t, text))
+	cfg, err := config.Load(f.Write(t, text))
 	if err != nil {
-		return nil, nil, errors.New(f.unexpand(err.Error()))
+		return nil, nil, errors.New(f.Unexpand(err.Error()))
 	}
-	pl = planFromFile(fc, probs)
-	if perr := probs.err(); perr != nil {
-		var pe *problemsError
-		if !errors.As(perr, &pe) {
-			t.Fatalf("problems error is %T; want *problemsError", perr)
+	pl, err = Load(cfg)
+	var pe *config.Error
+	if errors.As(err, &pe) {
+		for _, p := range pe.Lines() {
+			problems = append(problems, f.Unexpand(p))
 		}
-		for _, p := range pe.list {
-			problems = append(problems, f.unexpand(p))
-		}
+	} else if err != nil {
+		t.Fatalf("load: %v", err)
 	}
 	return pl, problems, nil
 }
 
-// cfgtKnownKeys is the list an unknown-key message ends with. The keys
-// themselves are checked against the documented ones in
-// TestConfigKnownKeys, so that adding a key does not break every case.
-func cfgtKnownKeys(typeName string) string {
-	return "known keys: " + strings.Join(knownKeys(typeName), ", ")
+// cfgtKnownKeys is the list an unknown-key message ends with: the YAML
+// keys of v's type, sorted.
+func cfgtKnownKeys(v any) string {
+	return "known keys: " + strings.Join(yamlKeys(reflect.TypeOf(v)), ", ")
 }
 
-// cfgtBase declares two identities and one trust bundle on lines 1 to 5, so
-// that the cases below can add routes from line 6 on.
-const cfgtBase = `identities:
-  app: {cert: $CERT, key: $KEY}
-  other: {cert: $OTHERCERT, key: $OTHERKEY}
-trust:
-  internal: {ca_files: [$CA]}
-`
+func yamlKeys(t reflect.Type) []string {
+	var keys []string
+	for i := range t.NumField() {
+		name, opts, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if opts == "inline" {
+			keys = append(keys, yamlKeys(t.Field(i).Type)...)
+		} else if name != "" && name != "-" {
+			keys = append(keys, name)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
 
-// cfgtValid is a complete, valid config file.
-const cfgtValid = `# every feature of the config file
-listen: 127.0.0.1:0
-log: {level: debug, format: console}
-resolve: [b.internal:443:127.0.0.1:8443]
-identities:
-  app: {cert: $CERT, key: $KEY}
-  other:
-    cert: $OTHERCERT
-    key: $OTHERKEY
-  bank: {pkcs12: $P12, password_file: $P12PASS}
-trust:
-  internal: {ca_files: [$CA]}
-  both: {ca_files: [$CA], system: true}
-routes:
-  - host: api.internal
-    identity: app
-    trust: internal
-  - name: bees
-    hosts: [b.internal, "*.b.internal:8443"]
-    identity: other
-    trust: both
-    server_name: api.internal
-    address: 127.0.0.1:9443
-    verify:
-      san: [spiffe://corp/api, api.internal]
-      pins: [sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=]
-    min_tls: "1.3"
-    connect: tunnel
-  - host: open.internal:8443
-    identity: none
-    connect: reject
-  - host: bank.internal
-    identity: bank
-gateways:
-  - listen: 127.0.0.1:0
-    upstream: https://api.internal
-    identity: other
-    trust: internal
-  - name: gw2
-    listen: 127.0.0.1:0
-    upstream: https://gw.internal:8443/base
-    identity: app
-    trust: internal
-    min_tls: "1.2"
-`
+// cfgtParse parses run's flags with env as the environment, as run does,
+// and loads what they describe.
+func cfgtParse(env map[string]string, args ...string) (*Plan, error) {
+	r := config.NewRun()
+	r.FlagSet().SetOutput(io.Discard)
+	if err := r.FlagSet().Parse(args); err != nil {
+		return nil, err
+	}
+	cfg, err := r.Config(func(k string) string { return env[k] })
+	if err != nil {
+		return nil, err
+	}
+	return Load(cfg)
+}
 
 func TestConfigProblems(t *testing.T) {
-	f := cfgtNewFiles(t)
+	f := cfgtest.New(t)
 	route := func(lines ...string) string {
-		return cfgtBase + "routes:\n" + strings.Join(lines, "\n") + "\n"
+		return cfgtest.Base + "routes:\n" + strings.Join(lines, "\n") + "\n"
 	}
 	tests := []struct {
 		name string
@@ -192,22 +84,22 @@ func TestConfigProblems(t *testing.T) {
 	}{
 		{"unknown top-level key",
 			"listn: 127.0.0.1:8080\n" + route("  - {host: a.internal, identity: app}"),
-			[]string{`$FILE:1: listn: unknown key "listn" in the top level (` + cfgtKnownKeys("fileConfig") + `)`}},
+			[]string{`$FILE:1: listn: unknown key "listn" in the top level (` + cfgtKnownKeys(config.Config{}) + `)`}},
 		{"unknown key in a route",
 			route("  - host: a.internal", "    identity: app", "    hots: [b.internal]"),
-			[]string{`$FILE:9: routes[0].hots: unknown key "hots" in a route (` + cfgtKnownKeys("routeConfig") + `)`}},
+			[]string{`$FILE:9: routes[0].hots: unknown key "hots" in a route (` + cfgtKnownKeys(config.Route{}) + `)`}},
 		{"unknown key in a gateway",
-			cfgtBase + "gateways:\n  - listen: 127.0.0.1:8081\n    upstream: https://api.internal\n    identity: app\n    host: api.internal\n",
-			[]string{`$FILE:10: gateways[0].host: unknown key "host" in a gateway (` + cfgtKnownKeys("gatewayConfig") + `)`}},
+			cfgtest.Base + "gateways:\n  - listen: 127.0.0.1:8081\n    upstream: https://api.internal\n    identity: app\n    host: api.internal\n",
+			[]string{`$FILE:10: gateways[0].host: unknown key "host" in a gateway (` + cfgtKnownKeys(config.Gateway{}) + `)`}},
 		{"unknown key in an identity",
 			"identities:\n  app:\n    cert: $CERT\n    key: $KEY\n    pass: secret\nroutes:\n  - {host: a.internal, identity: app}\n",
-			[]string{`$FILE:5: identities.app.pass: unknown key "pass" in an identity (` + cfgtKnownKeys("identityConfig") + `)`}},
+			[]string{`$FILE:5: identities.app.pass: unknown key "pass" in an identity (` + cfgtKnownKeys(config.Identity{}) + `)`}},
 		{"unknown key in verify",
 			route("  - host: a.internal", "    identity: app", "    verify: {sans: [x]}"),
-			[]string{`$FILE:9: routes[0].verify.sans: unknown key "sans" in verify (` + cfgtKnownKeys("verifyConfig") + `)`}},
+			[]string{`$FILE:9: routes[0].verify.sans: unknown key "sans" in verify (` + cfgtKnownKeys(config.Verify{}) + `)`}},
 		{"wrong type",
-			cfgtBase + "routes: 5\n",
-			[]string{"$FILE:6: cannot unmarshal !!int `5` into []a route", "$FILE:6: routes: nothing is allowed: add at least one route or gateway"}},
+			cfgtest.Base + "routes: 5\n",
+			[]string{"$FILE:6: routes: want a list", "$FILE:6: routes: nothing is allowed: add at least one route or gateway"}},
 		{"missing cert file",
 			"identities:\n  app: {cert: $MISSING, key: $KEY}\nroutes:\n  - {host: a.internal, identity: app}\n",
 			[]string{"$FILE:2: identities.app.cert: open $DIR/missing.pem: no such file or directory"}},
@@ -281,22 +173,22 @@ func TestConfigProblems(t *testing.T) {
 			route("  - {host: a.internal, identity: app}", "  - {host: a.internal, identity: other}"),
 			nil},
 		{"gateway without listen and upstream",
-			cfgtBase + "gateways:\n  - identity: app\n",
+			cfgtest.Base + "gateways:\n  - identity: app\n",
 			[]string{
 				"$FILE:7: gateways[0].listen: required: the address this gateway listens on, such as 127.0.0.1:8081",
 				"$FILE:7: gateways[0].upstream: required: the https:// URL this gateway forwards to",
 			}},
 		{"gateway http upstream",
-			cfgtBase + "gateways:\n  - listen: 127.0.0.1:8081\n    upstream: http://api.internal\n    identity: app\n",
+			cfgtest.Base + "gateways:\n  - listen: 127.0.0.1:8081\n    upstream: http://api.internal\n    identity: app\n",
 			[]string{`$FILE:8: gateways[0].upstream: "http://api.internal": must start with https://`}},
 		{"gateway listen not loopback",
-			cfgtBase + "gateways:\n  - listen: 0.0.0.0:8081\n    upstream: https://api.internal\n    identity: app\n",
+			cfgtest.Base + "gateways:\n  - listen: 0.0.0.0:8081\n    upstream: https://api.internal\n    identity: app\n",
 			[]string{`$FILE:7: gateways[0].listen: 0.0.0.0:8081: "0.0.0.0" is not a loopback address, and anyone who can reach it can use the client identity; listen on 127.0.0.1 or set unsafe_listen: true in the config file`}},
 		{"gateway listen not loopback, unsafe_listen",
-			"unsafe_listen: true\n" + cfgtBase + "gateways:\n  - listen: 0.0.0.0:8081\n    upstream: https://api.internal\n    identity: app\n",
+			"unsafe_listen: true\n" + cfgtest.Base + "gateways:\n  - listen: 0.0.0.0:8081\n    upstream: https://api.internal\n    identity: app\n",
 			nil},
 		{"gateway identity unknown",
-			cfgtBase + "gateways:\n  - listen: 127.0.0.1:8081\n    upstream: https://api.internal\n    identity: bank\n",
+			cfgtest.Base + "gateways:\n  - listen: 127.0.0.1:8081\n    upstream: https://api.internal\n    identity: bank\n",
 			[]string{`$FILE:9: gateways[0].identity: unknown identity "bank" (known identities: app, other)`}},
 		{"admin",
 			"admin: 127.0.0.1:9901\n" + route("  - {host: a.internal, identity: app}"),
@@ -307,16 +199,19 @@ func TestConfigProblems(t *testing.T) {
 		{"timeouts",
 			"timeouts:\n  dial: 2s\n  tls_handshake: -1s\n  handshake: 1s\nmax_connections: -1\n" + route("  - {host: a.internal, identity: app}"),
 			[]string{
-				`$FILE:3: timeouts.tls_handshake: -1s: want a positive duration`,
-				`$FILE:4: timeouts.handshake: unknown key "handshake" in timeouts (` + cfgtKnownKeys("timeoutsConfig") + `)`,
+				`$FILE:3: timeouts.tls_handshake: -1s: want a positive duration (0 means 10s)`,
+				`$FILE:4: timeouts.handshake: unknown key "handshake" in timeouts (` + cfgtKnownKeys(config.Timeouts{}) + `)`,
 				`$FILE:5: max_connections: -1: want 0 (no limit) or more`,
 			}},
 		{"workers",
 			"workers: 2\n" + route("  - {host: a.internal, identity: app}"),
 			nil},
+		{"workers 0 means 1",
+			"workers: 0\n" + route("  - {host: a.internal, identity: app}"),
+			nil},
 		{"workers out of range",
 			"workers: 65\n" + route("  - {host: a.internal, identity: app}"),
-			[]string{"$FILE:1: workers: 65: want 1 to 64"}},
+			[]string{"$FILE:1: workers: 65: want 1 to 64 (0 means 1)"}},
 		{"workers with pprof",
 			"workers: 2\npprof: true\n" + route("  - {host: a.internal, identity: app}"),
 			[]string{"$FILE:1: workers: 2: the profiler sees one process; profile with one worker"}},
@@ -325,7 +220,7 @@ func TestConfigProblems(t *testing.T) {
 			[]string{"$FILE:1: reload_interval: -1m0s: want 0 (off) or a positive duration"}},
 		{"timeout not a duration",
 			"timeouts: {dial: fast}\n" + route("  - {host: a.internal, identity: app}"),
-			[]string{"$FILE:1: cannot unmarshal !!str `fast` into time.Duration"}},
+			[]string{`$FILE:1: timeouts.dial: "fast": want a duration such as 500ms, 10s or 2m`}},
 		{"mitm_ca",
 			"mitm_ca: {cert: ca.crt, key: ca.key}\n" + route("  - {host: a.internal, identity: app}"),
 			[]string{"$FILE:1: mitm_ca: read MITM CA certificate: open ca.crt: no such file or directory"}},
@@ -345,7 +240,7 @@ func TestConfigProblems(t *testing.T) {
 			"identities:\n  bank: {pkcs12: $P12}\nroutes:\n  - {host: a.internal, identity: bank}\n",
 			[]string{"$FILE:2: identities.bank: load identity \"bank\": decrypt PKCS#12 $DIR/other.p12: it needs a password: give its password file"}},
 		{"no routes and no gateways",
-			cfgtBase,
+			cfgtest.Base,
 			[]string{"$FILE: routes: nothing is allowed: add at least one route or gateway"}},
 		{"bad log level and format",
 			"log:\n  level: loud\n  format: xml\n" + route("  - {host: a.internal, identity: app}"),
@@ -355,7 +250,7 @@ func TestConfigProblems(t *testing.T) {
 			}},
 		{"bad resolve",
 			"resolve:\n  - api.internal:443\n" + route("  - {host: a.internal, identity: app}"),
-			[]string{`$FILE:2: resolve[0]: --resolve "api.internal:443": want HOST:PORT:ADDR`}},
+			[]string{`$FILE:2: resolve[0]: "api.internal:443": want HOST:PORT:ADDR`}},
 		{"identity none is accepted",
 			route("  - {host: a.internal, identity: none}"),
 			nil},
@@ -373,52 +268,11 @@ func TestConfigProblems(t *testing.T) {
 	}
 }
 
-// TestConfigKnownKeys checks that the keys listed in unknown-key messages
-// are sorted and include every key the design documents.
-func TestConfigKnownKeys(t *testing.T) {
-	tests := []struct {
-		typeName string
-		want     []string // at least these
-	}{
-		{"fileConfig", []string{"admin", "gateways", "identities", "listen", "log", "mitm_ca", "resolve", "routes", "trust", "unsafe_listen"}},
-		{"routeConfig", []string{"address", "connect", "host", "hosts", "identity", "min_tls", "name", "server_name", "trust", "verify"}},
-		{"gatewayConfig", []string{"address", "identity", "listen", "min_tls", "name", "server_name", "trust", "upstream", "verify"}},
-		{"identityConfig", []string{"cert", "key", "password_file", "pkcs12"}},
-		{"trustConfig", []string{"ca_files", "system"}},
-		{"verifyConfig", []string{"pins", "san"}},
-		{"logConfig", []string{"format", "level"}},
-		{"mitmCAConfig", []string{"cert", "key"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.typeName, func(t *testing.T) {
-			got := knownKeys(tt.typeName)
-			if !sort.StringsAreSorted(got) {
-				t.Errorf("known keys %q are not sorted", got)
-			}
-			have := map[string]bool{}
-			for _, k := range got {
-				if have[k] {
-					t.Errorf("known keys %q list %q twice", got, k)
-				}
-				have[k] = true
-			}
-			for _, w := range tt.want {
-				if !have[w] {
-					t.Errorf("known keys %q lack %q", got, w)
-				}
-			}
-			if section := yamlSection[tt.typeName]; section == "" {
-				t.Errorf("no section name for %s in unknown-key messages", tt.typeName)
-			}
-		})
-	}
-}
-
 // TestConfigListenProblem checks the top-level listen address, which is
 // validated like --listen.
 func TestConfigListenProblem(t *testing.T) {
-	f := cfgtNewFiles(t)
-	rest := cfgtBase + "routes:\n  - {host: a.internal, identity: app}\n"
+	f := cfgtest.New(t)
+	rest := cfgtest.Base + "routes:\n  - {host: a.internal, identity: app}\n"
 	_, got, err := cfgtLoad(t, f, "listen: 0.0.0.0:8080\n"+rest)
 	if err != nil {
 		t.Fatal(err)
@@ -437,7 +291,7 @@ func TestConfigListenProblem(t *testing.T) {
 }
 
 func TestConfigUnreadable(t *testing.T) {
-	f := cfgtNewFiles(t)
+	f := cfgtest.New(t)
 	tests := []struct {
 		name, text, want string
 	}{
@@ -458,39 +312,12 @@ func TestConfigUnreadable(t *testing.T) {
 		})
 	}
 	t.Run("missing file", func(t *testing.T) {
-		_, _, err := readConfigFile(f.Missing)
+		_, err := config.Load(f.Missing)
 		if err == nil || err.Error() != "--config: open "+f.Missing+": no such file or directory" {
 			t.Errorf("error %v; want --config: open %s: no such file or directory", err, f.Missing)
 		}
 	})
 }
-
-// cfgtAllProblems is a config file with one problem of each kind on
-// its own line; cfgtAllProblemsWant lists them.
-const cfgtAllProblems = `admin: 0.0.0.0:9901
-log: {level: loud}
-routes:
-  - host: api.*.internal
-    identity: bank
-    trust: public
-    connect: mitm
-  - name: x
-    hosts: [a.internal]
-    host: b.internal
-    identity: app
-    min_tls: "1.0"
-    verify: {sans: [x]}
-identities:
-  app: {cert: $MISSING, key: $KEY}
-  none: {cert: $CERT, key: $KEY}
-trust:
-  empty: {ca_files: [$NOCERT]}
-gateways:
-  - listen: 127.0.0.1:8081
-    upstream: http://api.internal
-    identity: app
-    verify: {pins: [nope]}
-`
 
 var cfgtAllProblemsWant = []string{
 	`$FILE:1: admin: 0.0.0.0:9901: "0.0.0.0" is not a loopback address, and anyone who can reach it can use the client identity; listen on 127.0.0.1 or set unsafe_listen: true in the config file`,
@@ -501,7 +328,7 @@ var cfgtAllProblemsWant = []string{
 	"$FILE:7: routes[0].connect: mitm needs a local CA: add mitm_ca: {cert, key} (make one with: mtlsproxy ca init --out DIR)",
 	"$FILE:8: routes[1]: give host or hosts, not both",
 	`$FILE:12: routes[1].min_tls: "1.0": want 1.2 or 1.3`,
-	`$FILE:13: routes[1].verify.sans: unknown key "sans" in verify (` + cfgtKnownKeys("verifyConfig") + `)`,
+	`$FILE:13: routes[1].verify.sans: unknown key "sans" in verify (` + cfgtKnownKeys(config.Verify{}) + `)`,
 	"$FILE:15: identities.app.cert: open $DIR/missing.pem: no such file or directory",
 	`$FILE:16: identities.none: "none" is reserved: it means no client certificate`,
 	"$FILE:18: trust.empty.ca_files[0]: CA bundle $DIR/nocert.pem: no PEM CERTIFICATE block found",
@@ -513,9 +340,9 @@ var cfgtAllProblemsWant = []string{
 // once, sorted by line although validation visits identities and trust
 // before routes.
 func TestConfigAllProblems(t *testing.T) {
-	f := cfgtNewFiles(t)
+	f := cfgtest.New(t)
 	want := cfgtAllProblemsWant
-	_, got, err := cfgtLoad(t, f, cfgtAllProblems)
+	_, got, err := cfgtLoad(t, f, cfgtest.AllProblems)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,30 +351,30 @@ func TestConfigAllProblems(t *testing.T) {
 	}
 
 	// run reports the same list, with a count first.
-	_, _, err = runOnce(nil, "run", "--config", f.Config)
+	_, err = cfgtParse(nil, "--config", f.Config)
 	if err == nil {
 		t.Fatal("run succeeded; want the problems")
 	}
 	wantErr := "14 problems:\n  " + strings.Join(want, "\n  ")
-	if got := f.unexpand(err.Error()); got != wantErr {
+	if got := f.Unexpand(err.Error()); got != wantErr {
 		t.Errorf("run error:\n%s\nwant:\n%s", got, wantErr)
 	}
 }
 
 func TestConfigPlan(t *testing.T) {
-	f := cfgtNewFiles(t)
-	pl, probs, err := cfgtLoad(t, f, cfgtValid)
+	f := cfgtest.New(t)
+	pl, probs, err := cfgtLoad(t, f, cfgtest.Valid)
 	if err != nil || probs != nil {
 		t.Fatalf("valid config: error %v, problems %q", err, probs)
 	}
-	if pl.listen != "127.0.0.1:0" || pl.unsafeListen {
-		t.Errorf("listen %q, unsafe %v; want 127.0.0.1:0, false", pl.listen, pl.unsafeListen)
+	if pl.cfg.Listen != "127.0.0.1:0" || pl.cfg.UnsafeListen {
+		t.Errorf("listen %q, unsafe %v; want 127.0.0.1:0, false", pl.cfg.Listen, pl.cfg.UnsafeListen)
 	}
 	if got := pl.level.Level(); got != zapcore.DebugLevel {
 		t.Errorf("log level %v; want debug", got)
 	}
-	if pl.format != "console" {
-		t.Errorf("log format %q; want console", pl.format)
+	if pl.cfg.Log.Format != "console" {
+		t.Errorf("log format %q; want console", pl.cfg.Log.Format)
 	}
 	if want := (proxy.Resolve{"b.internal:443": "127.0.0.1:8443"}); !reflect.DeepEqual(pl.resolve, want) {
 		t.Errorf("resolve %v; want %v", pl.resolve, want)
@@ -647,36 +474,36 @@ func TestConfigPlan(t *testing.T) {
 // TestConfigFlagsAndFile checks which flags override the file, that flag
 // defaults do not, and that the single-identity flags are refused.
 func TestConfigFlagsAndFile(t *testing.T) {
-	f := cfgtNewFiles(t)
-	file := f.write(t, cfgtValid)
+	f := cfgtest.New(t)
+	file := f.Write(t, cfgtest.Valid)
 	tests := []struct {
 		name    string
 		env     map[string]string
 		args    []string
 		wantErr string // exact, or a substring when it starts with "..."
-		check   func(t *testing.T, pl *plan)
+		check   func(t *testing.T, pl *Plan)
 	}{
-		{"file values, not flag defaults", nil, []string{"--config", file}, "", func(t *testing.T, pl *plan) {
-			if pl.listen != "127.0.0.1:0" || pl.level.Level() != zapcore.DebugLevel || pl.format != "console" {
-				t.Errorf("listen %q, level %v, format %q; want the file's 127.0.0.1:0, debug, console", pl.listen, pl.level.Level(), pl.format)
+		{"file values, not flag defaults", nil, []string{"--config", file}, "", func(t *testing.T, pl *Plan) {
+			if pl.cfg.Listen != "127.0.0.1:0" || pl.level.Level() != zapcore.DebugLevel || pl.cfg.Log.Format != "console" {
+				t.Errorf("listen %q, level %v, format %q; want the file's 127.0.0.1:0, debug, console", pl.cfg.Listen, pl.level.Level(), pl.cfg.Log.Format)
 			}
 		}},
-		{"--listen", nil, []string{"--config", file, "--listen", "127.0.0.1:7"}, "", func(t *testing.T, pl *plan) {
-			if pl.listen != "127.0.0.1:7" {
-				t.Errorf("listen %q; want 127.0.0.1:7", pl.listen)
+		{"--listen", nil, []string{"--config", file, "--listen", "127.0.0.1:7"}, "", func(t *testing.T, pl *Plan) {
+			if pl.cfg.Listen != "127.0.0.1:7" {
+				t.Errorf("listen %q; want 127.0.0.1:7", pl.cfg.Listen)
 			}
 		}},
-		{"MTLSPROXY_LISTEN", map[string]string{"MTLSPROXY_LISTEN": "unix:/tmp/x.sock"}, []string{"--config", file}, "", func(t *testing.T, pl *plan) {
-			if pl.listen != "unix:/tmp/x.sock" {
-				t.Errorf("listen %q; want unix:/tmp/x.sock", pl.listen)
+		{"MTLSPROXY_LISTEN", map[string]string{"MTLSPROXY_LISTEN": "unix:/tmp/x.sock"}, []string{"--config", file}, "", func(t *testing.T, pl *Plan) {
+			if pl.cfg.Listen != "unix:/tmp/x.sock" {
+				t.Errorf("listen %q; want unix:/tmp/x.sock", pl.cfg.Listen)
 			}
 		}},
-		{"--log-level and --log-format", nil, []string{"--config", file, "--log-level", "warn", "--log-format", "json"}, "", func(t *testing.T, pl *plan) {
-			if pl.level.Level() != zapcore.WarnLevel || pl.format != "json" {
-				t.Errorf("level %v, format %q; want warn, json", pl.level.Level(), pl.format)
+		{"--log-level and --log-format", nil, []string{"--config", file, "--log-level", "warn", "--log-format", "json"}, "", func(t *testing.T, pl *Plan) {
+			if pl.level.Level() != zapcore.WarnLevel || pl.cfg.Log.Format != "json" {
+				t.Errorf("level %v, format %q; want warn, json", pl.level.Level(), pl.cfg.Log.Format)
 			}
 		}},
-		{"--resolve", nil, []string{"--config", file, "--resolve", "b.internal:443:127.0.0.9", "--resolve", "c.internal:443:127.0.0.2"}, "", func(t *testing.T, pl *plan) {
+		{"--resolve", nil, []string{"--config", file, "--resolve", "b.internal:443:127.0.0.9", "--resolve", "c.internal:443:127.0.0.2"}, "", func(t *testing.T, pl *Plan) {
 			want := proxy.Resolve{"b.internal:443": "127.0.0.9:443", "c.internal:443": "127.0.0.2:443"}
 			if !reflect.DeepEqual(pl.resolve, want) {
 				t.Errorf("resolve %v; want %v", pl.resolve, want)
@@ -685,12 +512,12 @@ func TestConfigFlagsAndFile(t *testing.T) {
 				t.Errorf("route resolve %v; want %v", pl.routes[0].opts.Resolve, want)
 			}
 		}},
-		{"--unsafe-listen", nil, []string{"--config", file, "--listen", "0.0.0.0:0", "--unsafe-listen"}, "", func(t *testing.T, pl *plan) {
-			if pl.listen != "0.0.0.0:0" || !pl.unsafeListen {
-				t.Errorf("listen %q, unsafe %v; want 0.0.0.0:0, true", pl.listen, pl.unsafeListen)
+		{"--unsafe-listen", nil, []string{"--config", file, "--listen", "0.0.0.0:0", "--unsafe-listen"}, "", func(t *testing.T, pl *Plan) {
+			if pl.cfg.Listen != "0.0.0.0:0" || !pl.cfg.UnsafeListen {
+				t.Errorf("listen %q, unsafe %v; want 0.0.0.0:0, true", pl.cfg.Listen, pl.cfg.UnsafeListen)
 			}
 		}},
-		{"MTLSPROXY_CONFIG", map[string]string{"MTLSPROXY_CONFIG": file}, nil, "", func(t *testing.T, pl *plan) {
+		{"MTLSPROXY_CONFIG", map[string]string{"MTLSPROXY_CONFIG": file}, nil, "", func(t *testing.T, pl *Plan) {
 			if len(pl.routes) != 4 || len(pl.gateways) != 2 {
 				t.Errorf("%d routes, %d gateways; want the file's 4 and 2", len(pl.routes), len(pl.gateways))
 			}
@@ -706,16 +533,12 @@ func TestConfigFlagsAndFile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := parseWithEnv(tt.env, tt.args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pl, err := cfg.plan()
+			pl, err := cfgtParse(tt.env, tt.args...)
 			if tt.wantErr != "" {
 				if err == nil {
 					t.Fatalf("no error; want %q", tt.wantErr)
 				}
-				got := f.unexpand(err.Error())
+				got := f.Unexpand(err.Error())
 				if sub, ok := strings.CutPrefix(tt.wantErr, "..."); ok && !strings.Contains(got, sub) {
 					t.Errorf("error %q; want it to contain %q", got, sub)
 				} else if !ok && got != tt.wantErr {
@@ -734,13 +557,13 @@ func TestConfigFlagsAndFile(t *testing.T) {
 // FuzzDecodeConfig checks that no input makes reading or validating a
 // config file panic, and that every problem names the file.
 func FuzzDecodeConfig(f *testing.F) {
-	files := cfgtNewFiles(f)
-	seeds := []string{cfgtValid, cfgtBase, "", "routes: 5\n", "routes:\n  - host: a\n identity: app\n",
+	files := cfgtest.New(f)
+	seeds := []string{cfgtest.Valid, cfgtest.Base, "", "routes: 5\n", "routes:\n  - host: a\n identity: app\n",
 		"identities:\n  none: {cert: $CERT, key: $KEY}\n", "gateways:\n  - listen: 0.0.0.0:1\n    upstream: http://x\n",
 		"routes:\n  - {host: '*.a', hosts: [b], identity: none, connect: mitm, verify: {pins: [x], san: ['']}, min_tls: 1}\n",
 		"a: &a [*a, *a]\nb: *a\n", "identities: {app: {pkcs12: x}}\ntrust: {t: {}}\nadmin: x\nmitm_ca: {}\n"}
 	for _, s := range seeds {
-		f.Add([]byte(files.expand(s)))
+		f.Add([]byte(files.Expand(s)))
 	}
 	// Only the fixture files may be opened: a fuzzed path such as
 	// /dev/zero or a FIFO would hang the reader. The PKCS#12 file is left
@@ -757,9 +580,8 @@ func FuzzDecodeConfig(f *testing.F) {
 		return files.Missing
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, lines, err := decodeConfig(data)
-		var te *yaml.TypeError
-		if err != nil && !errors.As(err, &te) {
+		cfg, err := config.Decode("fuzz.yaml", data)
+		if err != nil {
 			return
 		}
 		for name, ic := range cfg.Identities {
@@ -772,14 +594,13 @@ func FuzzDecodeConfig(f *testing.F) {
 			}
 			cfg.Trust[name] = tc
 		}
-		probs := &configProblems{file: "fuzz.yaml", lines: lines}
-		pl := planFromFile(cfg, probs)
-		if err := probs.err(); err != nil {
-			var pe *problemsError
+		pl, err := Load(cfg)
+		if err != nil {
+			var pe *config.Error
 			if !errors.As(err, &pe) {
 				t.Fatalf("problems error is %T", err)
 			}
-			for _, p := range pe.list {
+			for _, p := range pe.Lines() {
 				if !strings.HasPrefix(p, "fuzz.yaml:") {
 					t.Errorf("problem %q does not start with the file name", p)
 				}
@@ -790,7 +611,7 @@ func FuzzDecodeConfig(f *testing.F) {
 			t.Errorf("no problems, but nothing is routed")
 		}
 		for _, rp := range pl.routes {
-			if len(rp.opts.Hosts) == 0 || (rp.identity != identityNone && rp.opts.Identity == nil) {
+			if len(rp.opts.Hosts) == 0 || (rp.identity != config.IdentityNone && rp.opts.Identity == nil) {
 				t.Errorf("no problems, but route %q has hosts %v and identity %q = %v", rp.opts.Name, rp.opts.Hosts, rp.identity, rp.opts.Identity)
 			}
 		}
@@ -800,4 +621,61 @@ func FuzzDecodeConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLoadUnsafeListen checks --unsafe-listen without opening a port on
+// every interface.
+func TestLoadUnsafeListen(t *testing.T) {
+	s := cfgtest.New(t)
+	for _, unsafe := range []bool{false, true} {
+		args := []string{"--listen", "0.0.0.0:8080", "--cert", s.ClientCert, "--key", s.ClientKey, "--allow", "api.internal"}
+		if unsafe {
+			args = append(args, "--unsafe-listen")
+		}
+		pl, err := cfgtParse(nil, args...)
+		if unsafe {
+			if err != nil {
+				t.Errorf("with --unsafe-listen: %v", err)
+			} else if len(pl.routes) != 1 || pl.routes[0].opts.Identity == nil || len(pl.routes[0].opts.Hosts) != 1 {
+				t.Errorf("routes %+v; want one route with an identity and one host", pl.routes)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "--unsafe-listen") {
+			t.Errorf("error %v; want one naming --unsafe-listen", err)
+		}
+	}
+}
+
+// TestLoadWorkers checks --workers and workers: alike: 0 means one
+// worker, as an absent setting does.
+func TestLoadWorkers(t *testing.T) {
+	s := cfgtest.New(t)
+	for _, c := range []struct {
+		args []string
+		env  map[string]string
+		want string // "" for no error
+		n    int
+	}{
+		{nil, nil, "", 1},
+		{[]string{"--workers", "2"}, nil, "", 2},
+		{[]string{"--workers", "0"}, nil, "", 1},
+		{nil, map[string]string{"MTLSPROXY_WORKERS": "4"}, "", 4},
+		{nil, map[string]string{"MTLSPROXY_WORKERS": "0"}, "", 1},
+		{[]string{"--workers", "-1"}, nil, "--workers: -1: want 1 to 64 (0 means 1)", 0},
+		{[]string{"--workers", "65"}, nil, "--workers: 65: want 1 to 64 (0 means 1)", 0},
+		{nil, map[string]string{"MTLSPROXY_WORKERS": "65"}, "MTLSPROXY_WORKERS: 65: want 1 to 64 (0 means 1)", 0},
+		{[]string{"--workers", "2", "--pprof"}, nil, "--workers: 2: the profiler sees one process; profile with one worker", 0},
+	} {
+		args := append([]string{"--cert", s.ClientCert, "--key", s.ClientKey, "--allow", "api.internal"}, c.args...)
+		pl, err := cfgtParse(c.env, args...)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%v %v: %v", c.args, c.env, err)
+		case c.want == "" && pl.cfg.Workers != c.n:
+			t.Errorf("%v %v: %d workers; want %d", c.args, c.env, pl.cfg.Workers, c.n)
+		case c.want != "" && (err == nil || err.Error() != c.want):
+			t.Errorf("%v %v: error %v; want %q", c.args, c.env, err, c.want)
+		}
+	}
 }

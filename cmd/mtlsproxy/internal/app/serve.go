@@ -1,10 +1,7 @@
-package main
+package app
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -26,10 +23,24 @@ import (
 	"golang.org/x/net/netutil"
 )
 
-// proxyRuntime is a running proxy: its listeners, routes, identities, metrics
+// Options are what Serve needs besides the plan.
+type Options struct {
+	// Logger is the operational logger; Access writes one line per
+	// request.
+	Logger, Access *zap.Logger
+	// OnListen, if set, is called with each listener's name ("listen",
+	// "admin", or a gateway's name) and address once it accepts
+	// connections.
+	OnListen func(name string, addr net.Addr)
+	// Inherited are a worker's listening sockets from its supervisor,
+	// taken in order instead of opening the client listeners.
+	Inherited []*os.File
+}
+
+// runtime is a running proxy: its listeners, routes, identities, metrics
 // and readiness.
-type proxyRuntime struct {
-	pl      *plan
+type runtime struct {
+	pl      *Plan
 	logger  *zap.Logger
 	reg     *prometheus.Registry
 	metrics *proxy.Metrics
@@ -85,11 +96,12 @@ func (l *listener) close() error {
 	return l.srv.Close()
 }
 
-// serve runs the proxy described by pl until ctx ends, then drains it.
-func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) error {
-	rt := &proxyRuntime{pl: pl, logger: logger, reg: prometheus.NewRegistry(), routes: map[string][]*proxy.Route{},
+// Serve runs the proxy described by pl until ctx ends, then drains it.
+func Serve(ctx context.Context, pl *Plan, o Options) error {
+	logger, access := o.Logger, o.Access
+	rt := &runtime{pl: pl, logger: logger, reg: prometheus.NewRegistry(), routes: map[string][]*proxy.Route{},
 		lastErr: map[string]string{}, trustSums: map[string][32]byte{}, routesByTrust: map[string][]*proxy.Route{},
-		inherited: c.inherited}
+		inherited: o.Inherited}
 	for name, src := range pl.trusts {
 		if sum, err := fileSum(src.files); err == nil {
 			rt.trustSums[name] = sum
@@ -121,7 +133,7 @@ func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) e
 	if err := rt.listen(access); err != nil {
 		return err
 	}
-	logStartup(logger, pl, rt.listeners[0].ln.Addr())
+	logStartup(logger, pl, rt.listeners)
 	for _, w := range pl.warnings {
 		logger.Warn(w)
 	}
@@ -150,14 +162,14 @@ func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) e
 	for _, l := range all {
 		go func() {
 			if err := l.serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("%s %s: %w", l.name, listenName(l.ln.Addr()), err)
+				errc <- fmt.Errorf("%s %s: %w", l.name, ListenName(l.ln.Addr()), err)
 			}
 		}()
 	}
 	rt.listening.Store(true)
 	for _, l := range all {
-		if c.onListen != nil {
-			c.onListen(l.name, l.ln.Addr())
+		if o.OnListen != nil {
+			o.OnListen(l.name, l.ln.Addr())
 		}
 	}
 	for {
@@ -176,10 +188,10 @@ func (c *cli) serve(ctx context.Context, pl *plan, logger, access *zap.Logger) e
 
 // listen opens every listener; on error the ones already open are closed
 // by the caller.
-func (rt *proxyRuntime) listen(access *zap.Logger) error {
+func (rt *runtime) listen(access *zap.Logger) error {
 	pl := rt.pl
 	newRoute := func(rp *routePlan) *proxy.Route {
-		rp.opts.Timeouts = pl.timeouts
+		rp.opts.Timeouts = pl.proxyTimeouts()
 		rp.opts.Metrics = rt.metrics
 		r := proxy.NewRoute(rp.opts)
 		rt.routes[rp.identity] = append(rt.routes[rp.identity], r)
@@ -211,7 +223,7 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 		main.Upstream, main.UpstreamRoute = pl.upstream, newRoute(pl.upstreamRoute)
 	}
 	if len(main.Routes) > 0 || main.Upstream != nil {
-		if err := open("listen", pl.listen, main); err != nil {
+		if err := open("listen", pl.cfg.Listen, main); err != nil {
 			return err
 		}
 	}
@@ -231,7 +243,7 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 	for _, t := range todo {
 		o := t.o
 		o.Logger, o.AccessLog, o.Metrics = rt.logger, access, rt.metrics
-		o.StripHeaders, o.Self = pl.stripHeaders, self
+		o.StripHeaders, o.Self = pl.cfg.StripHeaders, self
 		if t.l.name == "listen" {
 			o.Mitm = rt.leaves
 		}
@@ -241,7 +253,7 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 		if t.l.name == "listen" || (o.UpstreamRoute != nil && len(o.UpstreamRoute.Clients()) > 0) {
 			o.Clients = pl.clients
 		}
-		if pl.via {
+		if pl.cfg.Via {
 			o.Via = "mtlsproxy"
 		}
 		h, err := proxy.New(o)
@@ -254,9 +266,9 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 	if rt.inherited != nil && rt.nextFile != len(rt.inherited) {
 		return fmt.Errorf("the parent passed %d listening sockets, more than this configuration has", len(rt.inherited))
 	}
-	if pl.admin != "" {
-		h := admin.Handler(admin.Options{Ready: rt.ready, Gatherer: rt.reg, Level: pl.level, Pprof: pl.pprof})
-		l, err := rt.open("admin", pl.admin, false, h)
+	if pl.cfg.Admin != "" {
+		h := admin.Handler(admin.Options{Ready: rt.ready, Gatherer: rt.reg, Level: pl.level, Pprof: pl.cfg.Pprof})
+		l, err := rt.open("admin", pl.cfg.Admin, false, h)
 		if err != nil {
 			return err
 		}
@@ -267,7 +279,7 @@ func (rt *proxyRuntime) listen(access *zap.Logger) error {
 
 // open opens a listener: the admin listener (client false) or one for
 // clients, which a worker takes from its parent instead.
-func (rt *proxyRuntime) open(name, addr string, client bool, h http.Handler) (*listener, error) {
+func (rt *runtime) open(name, addr string, client bool, h http.Handler) (*listener, error) {
 	var ln net.Listener
 	var err error
 	if rt.inherited != nil && client {
@@ -280,8 +292,8 @@ func (rt *proxyRuntime) open(name, addr string, client bool, h http.Handler) (*l
 	}
 	srv := &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: rt.pl.readHeaderTimeout,
-		IdleTimeout:       rt.pl.clientIdleTimeout,
+		ReadHeaderTimeout: rt.pl.cfg.Timeouts.ClientReadHeader,
+		IdleTimeout:       rt.pl.cfg.Timeouts.ClientIdle,
 		// 64 KiB of request line and headers, like a generous nginx
 		// large_client_header_buffers; more gets 431.
 		MaxHeaderBytes: 64 << 10,
@@ -289,14 +301,14 @@ func (rt *proxyRuntime) open(name, addr string, client bool, h http.Handler) (*l
 	}
 	if client {
 		srv.ConnState = rt.metrics.ConnState
-		if rt.pl.maxConns > 0 {
-			ln = netutil.LimitListener(ln, rt.pl.maxConns)
+		if rt.pl.cfg.MaxConnections > 0 {
+			ln = netutil.LimitListener(ln, rt.pl.cfg.MaxConnections)
 		}
 	}
 	return &listener{name: name, ln: ln, srv: srv}, nil
 }
 
-func (rt *proxyRuntime) closeListeners() {
+func (rt *runtime) closeListeners() {
 	for _, l := range rt.listeners {
 		_ = l.ln.Close()
 	}
@@ -307,7 +319,7 @@ func (rt *proxyRuntime) closeListeners() {
 
 // ready is /readyz: nil when every listener is up, every identity is
 // loaded and within its validity period, and the proxy is not draining.
-func (rt *proxyRuntime) ready() error {
+func (rt *runtime) ready() error {
 	if rt.draining.Load() {
 		return errors.New("draining: shutting down")
 	}
@@ -332,11 +344,11 @@ func (rt *proxyRuntime) ready() error {
 
 // drain stops accepting connections, lets in-flight requests finish for up
 // to the shutdown timeout, then closes what is left.
-func (rt *proxyRuntime) drain() {
+func (rt *runtime) drain() {
 	rt.draining.Store(true)
 	rt.logger.Info("draining: no new connections; waiting for in-flight requests",
-		zap.Duration("shutdown_timeout", rt.pl.shutdownTimeout))
-	ctx, cancel := context.WithTimeout(context.Background(), rt.pl.shutdownTimeout)
+		zap.Duration("shutdown_timeout", rt.pl.cfg.Timeouts.Shutdown))
+	ctx, cancel := context.WithTimeout(context.Background(), rt.pl.cfg.Timeouts.Shutdown)
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, l := range rt.listeners {
@@ -354,162 +366,4 @@ func (rt *proxyRuntime) drain() {
 		_ = rt.adminSrv.srv.Close()
 	}
 	rt.logger.Info("stopped")
-}
-
-// reload re-reads every identity and trust bundle (SIGHUP, a file
-// change, or the periodic re-read). A file that fails to load is logged
-// once per distinct error and counted, and the previous state stays in
-// use. After a successful swap, idle upstream connections made with the
-// old certificate or pool are closed, so new requests use the new one;
-// requests in flight finish on their connections.
-func (rt *proxyRuntime) reload(reason string) {
-	rt.reloadMu.Lock()
-	defer rt.reloadMu.Unlock()
-	for _, name := range sortedKeys(rt.pl.identities) {
-		id := rt.pl.identities[name]
-		before := id.Certificate()
-		if err := id.Reload(); err != nil {
-			if rt.lastErr[name] != err.Error() {
-				rt.lastErr[name] = err.Error()
-				rt.reloads.WithLabelValues(name, "error").Inc()
-				rt.logger.Error("identity reload failed; keeping the previous certificate",
-					zap.String("identity", name), zap.String("reason", reason), zap.Error(err))
-			}
-			continue
-		}
-		delete(rt.lastErr, name)
-		after := id.Certificate()
-		if bytes.Equal(before.Certificate[0], after.Certificate[0]) {
-			continue
-		}
-		rt.reloads.WithLabelValues(name, "ok").Inc()
-		for _, r := range rt.routes[name] {
-			r.Refresh()
-		}
-		rt.logger.Info("identity reloaded: new certificate in use", zap.String("identity", name), zap.String("reason", reason),
-			zap.String("subject", after.Leaf.Subject.String()), zap.Time("not_after", after.Leaf.NotAfter))
-		rt.warnExpiry(name, id)
-	}
-	if rt.leaves != nil {
-		rt.reloadMitmCA(reason)
-	}
-	for _, name := range sortedKeys(rt.pl.trusts) {
-		src := rt.pl.trusts[name]
-		sum, err := fileSum(src.files)
-		if err == nil && sum == rt.trustSums[name] {
-			continue
-		}
-		var pool *x509.CertPool
-		if err == nil {
-			pool, err = tlsconf.LoadTrust(src.files, src.system)
-		}
-		key := "trust:" + name
-		if err != nil {
-			if rt.lastErr[key] != err.Error() {
-				rt.lastErr[key] = err.Error()
-				rt.logger.Error("trust bundle reload failed; keeping the previous CAs", zap.String("trust", name),
-					zap.String("reason", reason), zap.Error(err))
-			}
-			continue
-		}
-		delete(rt.lastErr, key)
-		rt.trustSums[name] = sum
-		for _, r := range rt.routesByTrust[name] {
-			r.SetRootCAs(pool)
-		}
-		rt.logger.Info("trust bundle reloaded", zap.String("trust", name), zap.String("reason", reason))
-	}
-}
-
-// reloadMitmCA re-reads the local CA; a new one replaces the minted leaves.
-func (rt *proxyRuntime) reloadMitmCA(reason string) {
-	old := rt.leaves.CA()
-	ca, err := tlsconf.LoadMitmCA(old.Files())
-	if err != nil {
-		if rt.lastErr["mitm_ca"] != err.Error() {
-			rt.lastErr["mitm_ca"] = err.Error()
-			rt.logger.Error("MITM CA reload failed; keeping the previous CA", zap.String("reason", reason), zap.Error(err))
-		}
-		return
-	}
-	delete(rt.lastErr, "mitm_ca")
-	if bytes.Equal(ca.Certificate().Raw, old.Certificate().Raw) {
-		return
-	}
-	rt.leaves.SetCA(ca)
-	rt.logger.Info("MITM CA reloaded", zap.String("reason", reason), zap.String("subject", ca.Certificate().Subject.String()))
-}
-
-// warnExpiry logs a warning when an identity is within the expiry-warning
-// window or outside its validity period.
-func (rt *proxyRuntime) warnExpiry(name string, id *tlsconf.Identity) {
-	leaf := id.Leaf()
-	now := time.Now()
-	switch {
-	case id.Expired(now):
-		rt.logger.Warn("client certificate is outside its validity period; its routes answer 503 identity-unavailable until it is renewed",
-			zap.String("identity", name), zap.Time("not_before", leaf.NotBefore), zap.Time("not_after", leaf.NotAfter))
-	case leaf.NotAfter.Sub(now) < rt.pl.expiryWarning:
-		rt.logger.Warn("client certificate expires soon", zap.String("identity", name),
-			zap.Time("not_after", leaf.NotAfter), zap.Duration("expires_in", leaf.NotAfter.Sub(now).Round(time.Minute)))
-	}
-}
-
-// fileSum is a digest of the files' contents, to notice a changed bundle.
-func fileSum(files []string) ([32]byte, error) {
-	h := sha256.New()
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return [32]byte{}, fmt.Errorf("read CA bundle: %w", err)
-		}
-		h.Write(b)
-		h.Write([]byte{0})
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
-	return sum, nil
-}
-
-// watchFiles reloads on file changes and every reload interval.
-func (rt *proxyRuntime) watchFiles(ctx context.Context) error {
-	var files []string
-	for _, id := range rt.pl.identities {
-		files = append(files, id.Source().Files()...)
-	}
-	for _, t := range rt.pl.trusts {
-		files = append(files, t.files...)
-	}
-	if rt.leaves != nil {
-		c, k := rt.leaves.CA().Files()
-		files = append(files, c, k)
-	}
-	if len(files) == 0 {
-		return nil
-	}
-	return tlsconf.Watch(ctx, tlsconf.WatchOptions{
-		Files:    files,
-		Interval: rt.pl.reloadInterval,
-		OnChange: rt.reload,
-		OnError: func(err error) {
-			rt.logger.Warn("file watcher error; the periodic re-read still applies", zap.Error(err))
-		},
-	})
-}
-
-// expiryCollector exports each identity's NotAfter, read at scrape time so
-// that reloads show up.
-type expiryCollector struct {
-	ids map[string]*tlsconf.Identity
-}
-
-var expiryDesc = prometheus.NewDesc("mtlsproxy_certificate_expiry_timestamp_seconds",
-	"NotAfter of the client certificate in use, as Unix seconds, by identity.", []string{"identity"}, nil)
-
-func (e *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- expiryDesc }
-
-func (e *expiryCollector) Collect(ch chan<- prometheus.Metric) {
-	for name, id := range e.ids {
-		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, float64(id.Leaf().NotAfter.Unix()), name)
-	}
 }
