@@ -149,9 +149,15 @@ func corpusParallel(n, width int, f func(i int)) {
 func corpusDir(sub string) string { return filepath.Join("..", "testdata", "http", sub) }
 
 // corpusSync checks that dir holds exactly files (name to bytes), or
-// rewrites it with -corpus.update.
+// rewrites it with -corpus.update. Cases with a NUL byte stay out of the
+// files (git would take them for binary files); they run all the same.
 func corpusSync(t *testing.T, dir string, files map[string][]byte) {
 	t.Helper()
+	for name, b := range files {
+		if bytes.IndexByte(b, 0) >= 0 {
+			delete(files, name)
+		}
+	}
 	if *corpusUpdate {
 		if err := os.RemoveAll(dir); err != nil {
 			t.Fatal(err)
