@@ -1,7 +1,6 @@
 package app
 
 import (
-	"crypto/x509"
 	"fmt"
 	"os"
 	"strings"
@@ -55,7 +54,7 @@ func loadIdentity(name string, ic config.Identity, probs *config.Problems) *tlsc
 	return id
 }
 
-func loadTrust(name string, tc config.Trust, probs *config.Problems) *x509.CertPool {
+func loadTrust(name string, tc config.Trust, probs *config.Problems) *tlsconf.TrustBundle {
 	path := "trust." + name
 	if len(tc.CAFiles) == 0 && !tc.System {
 		return nil
@@ -70,12 +69,12 @@ func loadTrust(name string, tc config.Trust, probs *config.Problems) *x509.CertP
 	if !ok {
 		return nil
 	}
-	pool, err := tlsconf.LoadTrust(tc.CAFiles, tc.System)
+	b, err := tlsconf.LoadTrustBundle(name, tc.CAFiles, tc.System)
 	if err != nil {
 		probs.Add(path, "%v", err)
 		return nil
 	}
-	return pool
+	return b
 }
 
 // loadClients reads the callers' password files.

@@ -8,7 +8,6 @@ package app
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net/url"
 	"os"
@@ -30,7 +29,7 @@ type Plan struct {
 	resolve    proxy.Resolve
 	identities map[string]*tlsconf.Identity
 	// trusts are the reloadable trust bundles by name.
-	trusts map[string]trustSource
+	trusts map[string]*tlsconf.TrustBundle
 	routes []*routePlan
 	// upstream and upstreamRoute make the main listener a gateway too
 	// (run --upstream).
@@ -51,12 +50,6 @@ type routePlan struct {
 	hosts    []string
 }
 
-// trustSource is where a trust bundle comes from, for reloading it.
-type trustSource struct {
-	files  []string
-	system bool
-}
-
 type gatewayPlan struct {
 	name     string
 	listen   string
@@ -72,17 +65,15 @@ func Load(cfg *config.Config) (*Plan, error) {
 	probs := cfg.Problems()
 	probs.Include(cfg.Validate())
 	cfg.SetDefaults()
-	p := &Plan{cfg: cfg, resolve: proxy.Resolve{}, identities: map[string]*tlsconf.Identity{}, trusts: map[string]trustSource{}}
+	p := &Plan{cfg: cfg, resolve: proxy.Resolve{}, identities: map[string]*tlsconf.Identity{}, trusts: map[string]*tlsconf.TrustBundle{}}
 	for name, id := range cfg.Identities {
 		if loaded := loadIdentity(name, id, probs); loaded != nil {
 			p.identities[name] = loaded
 		}
 	}
-	pools := map[string]*x509.CertPool{}
 	for name, t := range cfg.Trust {
-		if pool := loadTrust(name, t, probs); pool != nil {
-			pools[name] = pool
-			p.trusts[name] = trustSource{files: t.CAFiles, system: t.System}
+		if b := loadTrust(name, t, probs); b != nil {
+			p.trusts[name] = b
 		}
 	}
 	p.clients = loadClients(cfg.Clients, probs)
@@ -98,13 +89,13 @@ func Load(cfg *config.Config) (*Plan, error) {
 	}
 	routeNames, gatewayNames := cfg.Names()
 	for i, r := range cfg.Routes {
-		p.routes = append(p.routes, p.route(i, r, routeNames[i], pools))
+		p.routes = append(p.routes, p.route(i, r, routeNames[i]))
 	}
 	for i, g := range cfg.Gateways {
-		p.gateways = append(p.gateways, p.gateway(g, gatewayNames[i], pools))
+		p.gateways = append(p.gateways, p.gateway(g, gatewayNames[i]))
 	}
 	if g := cfg.Upstream; g != nil {
-		gp := p.gateway(*g, config.FlagGatewayRoute, pools)
+		gp := p.gateway(*g, config.FlagGatewayRoute)
 		p.upstream, p.upstreamRoute = gp.upstream, gp.route
 	}
 	return p, nil
@@ -119,7 +110,7 @@ func (p *Plan) Level() zap.AtomicLevel { return p.level }
 // Warnings are legal settings that are probably not meant.
 func (p *Plan) Warnings() []string { return p.warnings }
 
-func (p *Plan) peer(u config.Peer, rp *routePlan, pools map[string]*x509.CertPool) {
+func (p *Plan) peer(u config.Peer, rp *routePlan) {
 	rp.identity = u.Identity
 	if u.Identity != config.IdentityNone {
 		rp.opts.Identity = p.identities[u.Identity]
@@ -127,7 +118,7 @@ func (p *Plan) peer(u config.Peer, rp *routePlan, pools map[string]*x509.CertPoo
 	rp.trust = "system roots"
 	if u.Trust != "" {
 		rp.trust, rp.trustKey = u.Trust, u.Trust
-		rp.opts.RootCAs = pools[u.Trust]
+		rp.opts.RootCAs = p.trusts[u.Trust].Pool()
 		if p.cfg.File() == "" {
 			// The flags name the files, not a bundle.
 			rp.trust = strings.Join(p.cfg.Trust[u.Trust].CAFiles, ",")
@@ -148,14 +139,14 @@ func (p *Plan) peer(u config.Peer, rp *routePlan, pools map[string]*x509.CertPoo
 	}
 }
 
-func (p *Plan) route(i int, r config.Route, name string, pools map[string]*x509.CertPool) *routePlan {
+func (p *Plan) route(i int, r config.Route, name string) *routePlan {
 	rp := &routePlan{hosts: r.RouteHosts()}
 	rp.opts.Name = name
 	for _, h := range rp.hosts {
 		hp, _ := proxy.ParseHostPattern(h)
 		rp.opts.Hosts = append(rp.opts.Hosts, hp)
 	}
-	p.peer(r.Peer, rp, pools)
+	p.peer(r.Peer, rp)
 	switch r.Connect {
 	case "tunnel":
 		rp.opts.Connect = proxy.ConnectTunnel
@@ -173,13 +164,13 @@ func (p *Plan) route(i int, r config.Route, name string, pools map[string]*x509.
 	return rp
 }
 
-func (p *Plan) gateway(g config.Gateway, name string, pools map[string]*x509.CertPool) *gatewayPlan {
+func (p *Plan) gateway(g config.Gateway, name string) *gatewayPlan {
 	u, _ := config.ParseUpstream(g.Upstream)
 	hp, _ := config.UpstreamPattern(u)
 	gp := &gatewayPlan{name: name, listen: g.Listen, upstream: u,
 		route: &routePlan{hosts: []string{hp.String()}}}
 	gp.route.opts.Name, gp.route.opts.Hosts = name, []proxy.HostPattern{hp}
-	p.peer(g.Peer, gp.route, pools)
+	p.peer(g.Peer, gp.route)
 	gp.route.opts.Clients = g.Clients
 	return gp
 }

@@ -1,12 +1,7 @@
 package app
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/x509"
-	"fmt"
-	"os"
 	"time"
 
 	"github.com/mtlsproxy/mtlsproxy/tlsconf"
@@ -14,88 +9,76 @@ import (
 	"go.uber.org/zap"
 )
 
-// reload re-reads every identity and trust bundle (SIGHUP, a file
-// change, or the periodic re-read). A file that fails to load is logged
-// once per distinct error and counted, and the previous state stays in
-// use. After a successful swap, idle upstream connections made with the
-// old certificate or pool are closed, so new requests use the new one;
-// requests in flight finish on their connections.
+// sources are the runtime's reloadable TLS material, in the order of the
+// reload's log lines: identities, the MITM CA, trust bundles.
+func (rt *runtime) sources() *tlsconf.Set {
+	set := tlsconf.NewSet()
+	for _, name := range sortedKeys(rt.pl.identities) {
+		set.Add(rt.pl.identities[name])
+	}
+	if rt.leaves != nil {
+		set.Add(rt.leaves)
+	}
+	for _, name := range sortedKeys(rt.pl.trusts) {
+		set.Add(rt.pl.trusts[name])
+	}
+	return set
+}
+
+// reload re-reads every identity, trust bundle and the MITM CA (SIGHUP, a
+// file change, or the periodic re-read). The set reports only news: a
+// change, or a failure other than the one reported last, which is logged
+// and counted while the previous material stays in use. After a change,
+// the routes that use the material start over with it: idle upstream
+// connections made with the old certificate or pool are closed, so new
+// requests use the new one; requests in flight finish on their
+// connections.
 func (rt *runtime) reload(reason string) {
 	rt.reloadMu.Lock()
 	defer rt.reloadMu.Unlock()
-	for _, name := range sortedKeys(rt.pl.identities) {
-		id := rt.pl.identities[name]
-		before := id.Certificate()
-		if err := id.Reload(); err != nil {
-			if rt.lastErr[name] != err.Error() {
-				rt.lastErr[name] = err.Error()
-				rt.reloads.WithLabelValues(name, "error").Inc()
-				rt.logger.Error("identity reload failed; keeping the previous certificate",
-					zap.String("identity", name), zap.String("reason", reason), zap.Error(err))
+	for _, r := range rt.set.Reload(reason) {
+		switch src := r.Source.(type) {
+		case *tlsconf.Identity:
+			rt.identityReloaded(src, r)
+		case *tlsconf.TrustBundle:
+			switch {
+			case r.Err != nil:
+				rt.logger.Error("trust bundle reload failed; keeping the previous CAs", zap.String("trust", r.Name),
+					zap.String("reason", reason), zap.Error(r.Err))
+			case r.Changed:
+				for _, route := range rt.routesByTrust[r.Name] {
+					route.SetRootCAs(src.Pool())
+				}
+				rt.logger.Info("trust bundle reloaded", zap.String("trust", r.Name), zap.String("reason", reason))
 			}
-			continue
-		}
-		delete(rt.lastErr, name)
-		after := id.Certificate()
-		if bytes.Equal(before.Certificate[0], after.Certificate[0]) {
-			continue
-		}
-		rt.reloads.WithLabelValues(name, "ok").Inc()
-		for _, r := range rt.routes[name] {
-			r.Refresh()
-		}
-		rt.logger.Info("identity reloaded: new certificate in use", zap.String("identity", name), zap.String("reason", reason),
-			zap.String("subject", after.Leaf.Subject.String()), zap.Time("not_after", after.Leaf.NotAfter))
-		rt.warnExpiry(name, id)
-	}
-	if rt.leaves != nil {
-		rt.reloadMitmCA(reason)
-	}
-	for _, name := range sortedKeys(rt.pl.trusts) {
-		src := rt.pl.trusts[name]
-		sum, err := fileSum(src.files)
-		if err == nil && sum == rt.trustSums[name] {
-			continue
-		}
-		var pool *x509.CertPool
-		if err == nil {
-			pool, err = tlsconf.LoadTrust(src.files, src.system)
-		}
-		key := "trust:" + name
-		if err != nil {
-			if rt.lastErr[key] != err.Error() {
-				rt.lastErr[key] = err.Error()
-				rt.logger.Error("trust bundle reload failed; keeping the previous CAs", zap.String("trust", name),
-					zap.String("reason", reason), zap.Error(err))
+		case *tlsconf.LeafCache:
+			switch {
+			case r.Err != nil:
+				rt.logger.Error("MITM CA reload failed; keeping the previous CA", zap.String("reason", reason), zap.Error(r.Err))
+			case r.Changed:
+				rt.logger.Info("MITM CA reloaded", zap.String("reason", reason), zap.String("subject", src.CA().Certificate().Subject.String()))
 			}
-			continue
 		}
-		delete(rt.lastErr, key)
-		rt.trustSums[name] = sum
-		for _, r := range rt.routesByTrust[name] {
-			r.SetRootCAs(pool)
-		}
-		rt.logger.Info("trust bundle reloaded", zap.String("trust", name), zap.String("reason", reason))
 	}
 }
 
-// reloadMitmCA re-reads the local CA; a new one replaces the minted leaves.
-func (rt *runtime) reloadMitmCA(reason string) {
-	old := rt.leaves.CA()
-	ca, err := tlsconf.LoadMitmCA(old.Files())
-	if err != nil {
-		if rt.lastErr["mitm_ca"] != err.Error() {
-			rt.lastErr["mitm_ca"] = err.Error()
-			rt.logger.Error("MITM CA reload failed; keeping the previous CA", zap.String("reason", reason), zap.Error(err))
+func (rt *runtime) identityReloaded(id *tlsconf.Identity, r tlsconf.Result) {
+	name := r.Name
+	switch {
+	case r.Err != nil:
+		rt.reloads.WithLabelValues(name, "error").Inc()
+		rt.logger.Error("identity reload failed; keeping the previous certificate",
+			zap.String("identity", name), zap.String("reason", r.Reason), zap.Error(r.Err))
+	case r.Changed:
+		rt.reloads.WithLabelValues(name, "ok").Inc()
+		for _, route := range rt.routes[name] {
+			route.Refresh()
 		}
-		return
+		leaf := id.Leaf()
+		rt.logger.Info("identity reloaded: new certificate in use", zap.String("identity", name), zap.String("reason", r.Reason),
+			zap.String("subject", leaf.Subject.String()), zap.Time("not_after", leaf.NotAfter))
+		rt.warnExpiry(name, id)
 	}
-	delete(rt.lastErr, "mitm_ca")
-	if bytes.Equal(ca.Certificate().Raw, old.Certificate().Raw) {
-		return
-	}
-	rt.leaves.SetCA(ca)
-	rt.logger.Info("MITM CA reloaded", zap.String("reason", reason), zap.String("subject", ca.Certificate().Subject.String()))
 }
 
 // warnExpiry logs a warning when an identity is within the expiry-warning
@@ -113,35 +96,9 @@ func (rt *runtime) warnExpiry(name string, id *tlsconf.Identity) {
 	}
 }
 
-// fileSum is a digest of the files' contents, to notice a changed bundle.
-func fileSum(files []string) ([32]byte, error) {
-	h := sha256.New()
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return [32]byte{}, fmt.Errorf("read CA bundle: %w", err)
-		}
-		h.Write(b)
-		h.Write([]byte{0})
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
-	return sum, nil
-}
-
 // watchFiles reloads on file changes and every reload interval.
 func (rt *runtime) watchFiles(ctx context.Context) error {
-	var files []string
-	for _, id := range rt.pl.identities {
-		files = append(files, id.Source().Files()...)
-	}
-	for _, t := range rt.pl.trusts {
-		files = append(files, t.files...)
-	}
-	if rt.leaves != nil {
-		c, k := rt.leaves.CA().Files()
-		files = append(files, c, k)
-	}
+	files := rt.set.Files()
 	if len(files) == 0 {
 		return nil
 	}

@@ -60,9 +60,10 @@ type runtime struct {
 	// leaves mints the certificates of connect: mitm tunnels.
 	leaves *tlsconf.LeafCache
 
+	// set is the reloadable material; reloadMu keeps one reload's news
+	// together in the log.
+	set           *tlsconf.Set
 	reloadMu      sync.Mutex
-	lastErr       map[string]string
-	trustSums     map[string][32]byte
 	routesByTrust map[string][]*proxy.Route
 }
 
@@ -100,13 +101,7 @@ func (l *listener) close() error {
 func Serve(ctx context.Context, pl *Plan, o Options) error {
 	logger, access := o.Logger, o.Access
 	rt := &runtime{pl: pl, logger: logger, reg: prometheus.NewRegistry(), routes: map[string][]*proxy.Route{},
-		lastErr: map[string]string{}, trustSums: map[string][32]byte{}, routesByTrust: map[string][]*proxy.Route{},
-		inherited: o.Inherited}
-	for name, src := range pl.trusts {
-		if sum, err := fileSum(src.files); err == nil {
-			rt.trustSums[name] = sum
-		}
-	}
+		routesByTrust: map[string][]*proxy.Route{}, inherited: o.Inherited}
 	rt.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rt.metrics = proxy.NewMetrics(rt.reg)
 	rt.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -129,6 +124,7 @@ func Serve(ctx context.Context, pl *Plan, o Options) error {
 			logger.Warn("the MITM CA has no name constraints: if its key leaks, it can impersonate any site; make a constrained one with: mtlsproxy ca init --permit DOMAIN")
 		}
 	}
+	rt.set = rt.sources()
 	defer rt.closeListeners()
 	if err := rt.listen(access); err != nil {
 		return err
