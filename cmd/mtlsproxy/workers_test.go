@@ -28,6 +28,7 @@ func TestWorkersBinary(t *testing.T) {
 	t.Run("serve, metrics, log level, SIGHUP, SIGTERM", func(t *testing.T) { workersServe(t, bin) })
 	t.Run("a worker that dies stops the rest", func(t *testing.T) { workersOneDies(t, bin) })
 	t.Run("a worker told to stop stops the rest cleanly", func(t *testing.T) { workersOneStopped(t, bin) })
+	t.Run("workers drain when the supervisor is killed", func(t *testing.T) { workersOrphaned(t, bin) })
 }
 
 // workerPIDs are the pids of the "worker started" log lines, by index.
@@ -237,4 +238,29 @@ func workersOneStopped(t *testing.T, bin string) {
 		t.Errorf("exit status after SIGTERM to worker 0 = %d; want 0\nstderr:\n%s", code, b.stderr)
 	}
 	workersGone(t, pids)
+}
+
+// A supervisor killed outright (SIGKILL, the OOM killer) cannot stop its
+// workers; they learn of it from the pipe they inherited, and drain.
+func workersOrphaned(t *testing.T, bin string) {
+	b, _ := workersStart(t, bin)
+	if err := b.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Wait returns once the supervisor is gone and nothing holds its
+	// stderr any more: the workers too.
+	select {
+	case <-b.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the workers still hold stderr 15s after the supervisor was killed\nstderr:\n%s", b.stderr)
+	}
+	stopped := 0
+	for _, l := range strings.Split(b.stderr.String(), "\n") {
+		if m := opstLogLine(l, "stopped"); m != nil && m["worker"] != nil {
+			stopped++
+		}
+	}
+	if stopped != 2 {
+		t.Errorf("%d workers logged that they stopped; want 2\nstderr:\n%s", stopped, b.stderr)
+	}
 }

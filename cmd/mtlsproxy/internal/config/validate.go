@@ -11,7 +11,7 @@ import (
 	"github.com/mtlsproxy/mtlsproxy/tlsconf"
 )
 
-// ErrNothingAllowed is the run flags allowing no host at all.
+// errNothingAllowed is the run flags allowing no host at all.
 const errNothingAllowed = "nothing is allowed: add --allow HOST (repeatable; '*.corp.example' for a domain, '*' for any host) for forward mode, or --upstream https://HOST[:PORT] for gateway mode"
 
 // Validate checks c and reports every problem at once, as an *Error: each
@@ -30,9 +30,9 @@ func (c *Config) Validate() error {
 			v.p.Add("trust."+name, "give ca_files, or system: true for the system roots")
 		}
 	}
-	routes, gateways := c.names(v.p)
+	c.names(v.p) // reports repeated names
 	for i, r := range c.Routes {
-		v.route(i, r, routes[i])
+		v.route(i, r)
 	}
 	for i, g := range c.Gateways {
 		v.gateway(fmt.Sprintf("gateways[%d]", i), g)
@@ -47,7 +47,6 @@ func (c *Config) Validate() error {
 			v.p.Add("routes", "nothing is allowed: add at least one route or gateway")
 		}
 	}
-	_ = gateways
 	return v.p.Err()
 }
 
@@ -201,7 +200,7 @@ func (v *validator) clients(path string, names []string) {
 	}
 }
 
-func (v *validator) route(i int, r Route, name string) {
+func (v *validator) route(i int, r Route) {
 	path := fmt.Sprintf("routes[%d]", i)
 	switch {
 	case r.Host != "" && len(r.Hosts) > 0:
