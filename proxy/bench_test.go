@@ -38,7 +38,8 @@ func benchForward(b *testing.B, size int, closeEach bool) {
 		b.Fatal(err)
 	}
 	route := NewRoute(RouteOptions{Name: "bench", Hosts: []HostPattern{mustParseHostPattern("api.internal")},
-		Identity: id, RootCAs: set.CA.Pool(), Resolve: Resolve{"api.internal:" + up.port: "127.0.0.1:" + up.port}})
+		Identity: id, RootCAs: set.CA.Pool(), Resolve: Resolve{"api.internal:" + up.port: "127.0.0.1:" + up.port},
+		FastPath: testFastPath})
 	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	logger := zap.New(zapcore.NewCore(enc, zapcore.AddSync(io.Discard), zap.InfoLevel))
 	p, err := New(Options{Routes: []*Route{route}, Logger: logger})

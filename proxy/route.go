@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/elazarl/goproxy"
+	"github.com/mtlsproxy/mtlsproxy/proxy/fast"
 	"github.com/mtlsproxy/mtlsproxy/tlsconf"
 )
 
@@ -84,6 +85,10 @@ type RouteOptions struct {
 	HTTP2 bool
 	// Timeouts for the upstream side; zero fields take defaults.
 	Timeouts Timeouts
+	// FastPath sends bodiless GET and HEAD requests over the HTTP/1.1
+	// accelerator (package fast) instead of http.Transport, while the
+	// upstream speaks HTTP/1.1. Off, every request takes http.Transport.
+	FastPath bool
 	// MaxIdleConnsPerHost is the idle pool size per upstream host. If zero,
 	// 512: a proxy shared by many local clients needs a deep pool, or
 	// connections churn and every churned one costs a full mTLS handshake.
@@ -109,17 +114,44 @@ type Route struct {
 	rt       goproxy.RoundTripper
 	metrics  *routeMetrics
 	maxIdle  int
+	fastPath bool
+}
+
+// newFast is the route's accelerator, or nil when it is off or cannot
+// work here.
+func (r *Route) newFast() *fast.Client {
+	c := &fast.Client{
+		Dial: func(ctx context.Context, addr string) (*tls.Conn, error) {
+			conn, err := r.handshake(ctx, "tcp", addr, r.tlsConfig.Load())
+			if err != nil {
+				return nil, err
+			}
+			return conn.(*tls.Conn), nil
+		},
+		ResponseHeaderTimeout: r.timeouts.ResponseHeader,
+		IdleTimeout:           r.timeouts.IdleConn,
+		MaxIdlePerHost:        r.maxIdle,
+	}
+	if !r.fastPath || !c.Usable() {
+		return nil
+	}
+	return c
 }
 
 // transports are a route's pooled upstream connections.
 type transports struct {
+	// fast, if set, carries bodiless GETs and HEADs; see package fast.
+	fast *fast.Client
 	main *http.Transport
 	// h1 carries WebSocket upgrades, which HTTP/2 cannot, when main may
 	// speak HTTP/2; otherwise it is main.
 	h1 *http.Transport
 }
 
-func (ts *transports) closeIdle() {
+func (ts *transports) closeIdle(final bool) {
+	if ts.fast != nil {
+		ts.fast.CloseIdleConnections(final)
+	}
 	ts.main.CloseIdleConnections()
 	if ts.h1 != ts.main {
 		ts.h1.CloseIdleConnections()
@@ -208,8 +240,10 @@ func NewRoute(o RouteOptions) *Route {
 		h1Opts.HTTP2 = false
 		r.h1Config.Store(tlsconf.ClientConfig(h1Opts))
 	}
-	r.conns.Store(ts)
 	r.tlsConfig.Store(tlsCfg)
+	r.fastPath = o.FastPath
+	ts.fast = r.newFast()
+	r.conns.Store(ts)
 	if len(o.Clients) > 0 {
 		r.clients = map[string]bool{}
 		for _, c := range o.Clients {
@@ -251,8 +285,9 @@ func (r *Route) Refresh() {
 		r.h1Config.Store(tlsconf.ClientConfig(opts))
 		next.h1 = old.h1.Clone()
 	}
+	next.fast = r.newFast()
 	r.conns.Store(next)
-	old.closeIdle()
+	old.closeIdle(true)
 }
 
 // Dial connects to addr (host:port) the way the route's requests do,
@@ -271,7 +306,7 @@ func (r *Route) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // CloseIdleConnections closes pooled upstream connections that are idle.
-func (r *Route) CloseIdleConnections() { r.conns.Load().closeIdle() }
+func (r *Route) CloseIdleConnections() { r.conns.Load().closeIdle(false) }
 
 func (r *Route) match(host, port string) bool {
 	for _, p := range r.hosts {
@@ -299,6 +334,14 @@ func (r *Route) allows(client string) bool {
 func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {
 	ex, _ := ctx.UserData.(*exchange)
 	ts := r.conns.Load()
+	if ts.fast != nil && ex != nil && fast.Eligible(req) {
+		resp, reused, err := ts.fast.RoundTrip(req, ex.host)
+		if err != fast.ErrHTTP2 {
+			ex.reused = reused
+			wrapBody(resp, ex)
+			return resp, err
+		}
+	}
 	if ex != nil {
 		ex.trace.GotConn = ex.gotConn
 		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &ex.trace))

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -15,6 +16,11 @@ import (
 
 	"github.com/mtlsproxy/mtlsproxy/tlsconf/pki/pkitest"
 )
+
+// testFastPath is whether the tests' routes use the HTTP/1.1 accelerator
+// (package fast): on unless MTLSPROXY_TEST_FAST_PATH=0, so that the
+// whole suite runs both ways.
+var testFastPath = os.Getenv("MTLSPROXY_TEST_FAST_PATH") != "0"
 
 // serveProxy serves p on a Server on a loopback port and returns its URL.
 func serveProxy(t testing.TB, p *Proxy) string {
