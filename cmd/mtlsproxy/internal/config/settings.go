@@ -33,6 +33,8 @@ type Setting struct {
 	// a trust bundle and a route, and cannot be combined with --config.
 	Single bool
 	kind   kind
+	// docs is Markdown the docs' table adds to Usage (a link).
+	docs string
 	// apply sets one value, already checked to parse as kind.
 	apply func(o *overlay, v string)
 }
@@ -121,6 +123,7 @@ func setting(flagName, arg, key, usage string, a applier) Setting {
 
 func (s Setting) repeatable() Setting { s.Repeatable = true; return s }
 func (s Setting) single() Setting     { s.Single = true; return s }
+func (s Setting) link(md string) Setting { s.docs = md; return s }
 func (s Setting) group(g string) Setting {
 	s.Group = g
 	return s
@@ -134,7 +137,7 @@ func Settings() []Setting {
 	}
 	var s []Setting
 	add := func(st Setting) { s = append(s, st) }
-	add(setting("config", "FILE", "", "YAML config file (check it with: mtlsproxy check --config FILE)", applier{k: kString}))
+	add(setting("config", "FILE", "", "YAML config file (check it with: mtlsproxy check --config FILE)", applier{k: kString}).link("see [Config file](#config-file)"))
 	add(setting("listen", "ADDR", "listen", "listener for local clients: HOST:PORT or unix:PATH (default 127.0.0.1:8080)",
 		str(func(o *overlay) *string { return &o.c.Listen })))
 	add(setting("unsafe-listen", "", "unsafe_listen", "allow a listen address that is not loopback (anyone who reaches it can use the identity)",
@@ -156,7 +159,7 @@ func Settings() []Setting {
 	add(setting("cacert", "FILE", "trust.default.ca_files", "CA bundle that upstream servers are verified against (repeatable; default: the system roots); a file with no certificate is an error",
 		list(func(o *overlay) *[]string { return &o.s.cacert })).repeatable().single())
 	add(setting("allow", "PATTERN", "routes[0].hosts", "upstream host the client certificate may be sent to (repeatable): api.internal, *.corp.example (any depth below corp.example), an IP, or '*' for any host; add :PORT to allow one port only",
-		list(func(o *overlay) *[]string { return &o.s.allow })).repeatable().single())
+		list(func(o *overlay) *[]string { return &o.s.allow })).repeatable().single().link("see [Host patterns](#host-patterns)"))
 	add(setting("upstream", "URL", "", "gateway mode: send path requests to this https:// URL",
 		str(func(o *overlay) *string { return &o.s.upstream })).single())
 	add(setting("server-name", "NAME", "routes[0].server_name", "name sent in SNI and verified in the server certificate, instead of the request's host",
@@ -169,8 +172,8 @@ func Settings() []Setting {
 		boolean(func(o *overlay) *bool { return &o.c.Pprof })))
 	add(setting("max-connections", "N", "max_connections", "open client connections per listener (per worker with --workers); past it, new connections wait in the kernel's accept queue (default 0: no limit)",
 		integer(func(o *overlay) *int { return &o.c.MaxConnections })))
-	add(setting("workers", "N", "workers", "serve from N processes sharing the listeners, each with its own scheduler (default 1, as is 0; more than 1 on Linux only, not with --pprof); see the README",
-		integer(func(o *overlay) *int { return &o.c.Workers })))
+	add(setting("workers", "N", "workers", "serve from N processes sharing the listeners, each with its own scheduler (default 1, as is 0; more than 1 on Linux only, not with --pprof)",
+		integer(func(o *overlay) *int { return &o.c.Workers })).link("see [operations: workers](operations.md#workers)"))
 	http2 := boolean(func(o *overlay) *bool {
 		if o.s.http2 == nil {
 			o.s.http2 = new(bool)

@@ -94,6 +94,9 @@ func FlagTable() string {
 			key = "`" + s.Key + "`"
 		}
 		usage := strings.NewReplacer("|", `\|`, "*", `\*`).Replace(s.Usage)
+		if s.docs != "" {
+			usage += "; " + s.docs
+		}
 		fmt.Fprintf(&b, "| `%s` | `%s` | %s | %s |\n", flagSpelling(s), s.Env(), key, usage)
 	}
 	return b.String()
