@@ -121,8 +121,8 @@ func setting(flagName, arg, key, usage string, a applier) Setting {
 	return Setting{Flag: flagName, Arg: arg, Key: key, Usage: usage, kind: a.k, apply: a.apply}
 }
 
-func (s Setting) repeatable() Setting { s.Repeatable = true; return s }
-func (s Setting) single() Setting     { s.Single = true; return s }
+func (s Setting) repeatable() Setting    { s.Repeatable = true; return s }
+func (s Setting) single() Setting        { s.Single = true; return s }
 func (s Setting) link(md string) Setting { s.docs = md; return s }
 func (s Setting) group(g string) Setting {
 	s.Group = g
