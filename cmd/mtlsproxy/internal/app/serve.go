@@ -71,8 +71,7 @@ type listener struct {
 	name string
 	ln   net.Listener
 	srv  *http.Server
-	// front, on proxy listeners, takes simple requests itself and hands
-	// the other connections to srv.
+	// front, on proxy listeners, is the proxy's server around srv.
 	front *proxy.Server
 }
 
