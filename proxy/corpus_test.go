@@ -67,6 +67,10 @@ func (m corpusMode) target(path string) string {
 // to the upstream on 127.0.0.1:port, the way the command serves it
 // (proxy.Server in front of Go's server). It returns the listener
 // address.
+// corpusFastPath is whether the corpus runs with the HTTP/1.1
+// accelerator: on unless MTLSPROXY_TEST_FAST_PATH=0 (CI runs both).
+var corpusFastPath = os.Getenv("MTLSPROXY_TEST_FAST_PATH") != "0"
+
 func corpusProxy(t testing.TB, set *pkitest.Set, mode corpusMode, port string, headerTimeout time.Duration) string {
 	t.Helper()
 	id, err := tlsconf.LoadPEMIdentity("app", set.ClientCert, set.ClientKey)
@@ -82,7 +86,8 @@ func corpusProxy(t testing.TB, set *pkitest.Set, mode corpusMode, port string, h
 	}
 	rt := proxy.NewRoute(proxy.RouteOptions{Name: "corpus", Hosts: []proxy.HostPattern{hp}, Identity: id,
 		RootCAs: set.CA.Pool(), Resolve: proxy.Resolve{corpusHost + ":443": "127.0.0.1:" + port},
-		Timeouts: proxy.Timeouts{Dial: testutil.Wait, TLSHandshake: testutil.Wait, ResponseHeader: headerTimeout}})
+		Timeouts: proxy.Timeouts{Dial: testutil.Wait, TLSHandshake: testutil.Wait, ResponseHeader: headerTimeout},
+		FastPath: corpusFastPath})
 	var o proxy.Options
 	if mode == modeGateway {
 		o.Upstream, _ = url.Parse("https://" + corpusHost)
@@ -319,14 +324,6 @@ func corpusResponseCases() []respCase {
 	}
 }
 
-// corpusRespKnown are response cases the proxy gets wrong today; they
-// are left out of TestCorpusResponseFraming until it is fixed.
-//
-//   - 101-to-plain-get: the upstream answers a GET that asked for no
-//     upgrade with 101 Switching Protocols (RFC 9110 section 15.2.2 says
-//     it must not); the proxy relays the 101 and turns the client's
-//     connection into a tunnel to the upstream, instead of answering 502.
-var corpusRespKnown = map[string]bool{"101-to-plain-get": true}
 
 // corpusReq is a bodiless request for /tag.
 func corpusReq(mode corpusMode, method, tag string) []byte {
@@ -350,9 +347,6 @@ func TestCorpusResponseFraming(t *testing.T) {
 	var runs []run
 	for _, m := range corpusModes {
 		for _, c := range cases {
-			if corpusRespKnown[c.name] {
-				continue
-			}
 			if c.overrun == "" {
 				runs = append(runs, run{c, m, ""})
 				continue
@@ -366,7 +360,7 @@ func TestCorpusResponseFraming(t *testing.T) {
 		if r.variant != "" {
 			name += "/" + r.variant
 		}
-		t.Run(name, func(t *testing.T) { corpusRespRun(t, set, r.mode, r.c, r.variant == "own-record", false) })
+		t.Run(name, func(t *testing.T) { corpusRespRun(t, set, r.mode, r.c, r.variant == "own-record", true) })
 	})
 }
 

@@ -160,6 +160,8 @@ func classifyUpstreamError(err error, hostport string) *proxyError {
 		return connErr("connection closed by upstream before a response")
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		return connErr("cannot connect: %v", opErr.Err)
+	case errors.Is(err, errUnaskedSwitch):
+		return connErr("invalid HTTP response from upstream: %v", err)
 	case strings.HasPrefix(err.Error(), "net/http: HTTP/1.x transport connection broken: malformed"),
 		strings.Contains(err.Error(), "malformed HTTP"), strings.Contains(err.Error(), "malformed MIME"):
 		return connErr("invalid HTTP response from upstream")

@@ -151,7 +151,7 @@ func (p *Proxy) recoverPanic(w *recorder, r *http.Request, ex *exchange) {
 		return
 	}
 	perr := p.panicked(v, ex, r.Method)
-	if !w.wroteHeader && !ex.hijacked {
+	if (!w.wroteHeader || w.retract()) && !ex.hijacked {
 		w.Header().Set("Connection", "close")
 		perr.write(w)
 	} else {
@@ -177,12 +177,17 @@ func (p *Proxy) panicked(v any, ex *exchange, method string) *proxyError {
 
 // recorder records status and size for the access log and flushes every
 // write, so streamed responses reach the client as they arrive. It keeps
-// http.Hijacker working for upgrades.
+// http.Hijacker working for upgrades. It holds a final status back until
+// the first byte of the body (or a flush, or the end): net/http would not
+// send the head earlier anyway, and until then an upstream body that
+// fails at once can still be answered with an error instead.
 type recorder struct {
 	w           http.ResponseWriter
 	flusher     http.Flusher
 	ex          *exchange
 	wroteHeader bool
+	// pending is a final status not yet passed to w.
+	pending int
 }
 
 var (
@@ -199,17 +204,46 @@ func newRecorder(w http.ResponseWriter, ex *exchange) *recorder {
 func (w *recorder) Header() http.Header { return w.w.Header() }
 
 func (w *recorder) WriteHeader(code int) {
-	if !w.wroteHeader {
-		w.ex.status = code
-		w.wroteHeader = code >= 200 || code == http.StatusSwitchingProtocols
+	if w.wroteHeader {
+		return
 	}
-	w.w.WriteHeader(code)
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		w.w.WriteHeader(code) // informational: on its way at once
+		return
+	}
+	w.ex.status = code
+	w.wroteHeader = true
+	if code == http.StatusSwitchingProtocols {
+		w.w.WriteHeader(code)
+		return
+	}
+	w.pending = code
+}
+
+// commit passes a held status on.
+func (w *recorder) commit() {
+	if w.pending != 0 {
+		w.w.WriteHeader(w.pending)
+		w.pending = 0
+	}
+}
+
+// retract drops a status not yet passed on, and the headers with it, so
+// that another answer can be written; it reports whether it could.
+func (w *recorder) retract() bool {
+	if w.pending == 0 || w.ex.bytesOut > 0 {
+		return false
+	}
+	clear(w.w.Header())
+	w.pending, w.wroteHeader = 0, false
+	return true
 }
 
 func (w *recorder) Write(b []byte) (int, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
+	w.commit()
 	n, err := w.w.Write(b)
 	w.ex.bytesOut += int64(n)
 	if w.flusher != nil && err == nil {
@@ -219,6 +253,7 @@ func (w *recorder) Write(b []byte) (int, error) {
 }
 
 func (w *recorder) Flush() {
+	w.commit()
 	if w.flusher != nil {
 		w.flusher.Flush()
 	}

@@ -198,6 +198,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = ex.clientConn.Close()
 	}
 	if err := ex.upstreamBodyErr; err != nil && !ex.hijacked {
+		if rec.retract() {
+			// Not a byte of the body reached the client: it can still
+			// be told.
+			perr := &proxyError{status: http.StatusBadGateway, code: CodeUpstreamConnect,
+				msg: "upstream " + ex.host + ": invalid response body", cause: err}
+			ex.fail(perr, err)
+			rec.Header().Set("Connection", "close")
+			perr.write(rec)
+			p.logAccess(ex, r)
+			return
+		}
 		// goproxy ignores the error and returns normally, and the server
 		// would then end a chunked response cleanly: the client would
 		// take a truncated body for a whole one. Abort instead: the
@@ -206,6 +217,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.logAccess(ex, r)
 		panic(http.ErrAbortHandler)
 	}
+	rec.commit()
 	p.logAccess(ex, r)
 }
 
@@ -258,6 +270,7 @@ func (p *Proxy) optionsStar(w *recorder, r *http.Request, ex *exchange) {
 	}
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusOK)
+	w.commit()
 	p.logAccess(ex, r)
 }
 

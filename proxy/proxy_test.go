@@ -86,7 +86,8 @@ func newTestProxy(t testing.TB, set *pkitest.Set, allow []string, mod func(*Rout
 	for _, a := range allow {
 		hosts = append(hosts, mustParseHostPattern(a))
 	}
-	ro := RouteOptions{Name: "test", Hosts: hosts, Identity: id, RootCAs: set.CA.Pool(), Resolve: Resolve{}}
+	ro := RouteOptions{Name: "test", Hosts: hosts, Identity: id, RootCAs: set.CA.Pool(), Resolve: Resolve{},
+		FastPath: testFastPath}
 	core, logs := observer.New(zap.DebugLevel)
 	o := Options{Logger: zap.New(core)}
 	if mod != nil {

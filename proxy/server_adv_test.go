@@ -218,7 +218,8 @@ func advNewProxy(t testing.TB, set *pkitest.Set, mod func(*RouteOptions, *Option
 		t.Fatal(err)
 	}
 	ro := RouteOptions{Name: "adv", Hosts: []HostPattern{mustParseHostPattern("api.internal")}, Identity: id,
-		RootCAs: set.CA.Pool(), Resolve: Resolve{}, Timeouts: Timeouts{ResponseHeader: 3 * time.Second}}
+		RootCAs: set.CA.Pool(), Resolve: Resolve{}, Timeouts: Timeouts{ResponseHeader: 3 * time.Second},
+		FastPath: testFastPath}
 	for _, p := range ports {
 		ro.Resolve["api.internal:"+p] = "127.0.0.1:" + p
 	}
@@ -403,7 +404,15 @@ func advNewEnvMod(t testing.TB, h http.HandlerFunc, mod func(port string, ro *Ro
 	}
 	env.p = advNewProxy(t, env.set, m, env.up.port)
 	env.front, env.fAddr = advFront(t, env.p, time.Second, 10*time.Second)
-	env.sAddr = advSlow(t, env.p, time.Second, 10*time.Second)
+	// The reference: the same proxy, without the accelerator, under a
+	// plain http.Server.
+	ref := advNewProxy(t, env.set, func(ro *RouteOptions, o *Options) {
+		if m != nil {
+			m(ro, o)
+		}
+		ro.FastPath = false
+	}, env.up.port)
+	env.sAddr = advSlow(t, ref, time.Second, 10*time.Second)
 	return env
 }
 

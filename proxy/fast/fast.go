@@ -48,6 +48,10 @@ type Client struct {
 	// MaxIdlePerHost bounds the idle connections per address. If zero,
 	// 512.
 	MaxIdlePerHost int
+	// HandOff, if set, is given the connection to an upstream that chose
+	// HTTP/2, so that its handshake is not wasted; it returns false if it
+	// did not take it.
+	HandOff func(addr string, c *tls.Conn) bool
 
 	h2 atomic.Bool
 
@@ -105,7 +109,9 @@ func (c *Client) RoundTrip(req *http.Request, addr string) (resp *http.Response,
 			}
 			if tc.ConnectionState().NegotiatedProtocol == "h2" {
 				c.h2.Store(true)
-				_ = tc.Close()
+				if c.HandOff == nil || !c.HandOff(addr, tc) {
+					_ = tc.Close()
+				}
 				return nil, false, ErrHTTP2
 			}
 			st := tc.ConnectionState()
