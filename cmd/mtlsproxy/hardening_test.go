@@ -618,20 +618,23 @@ func TestHardRawSuite(t *testing.T) {
 		}
 	})
 	t.Run("CL+TE", func(t *testing.T) {
-		// Both framings on one request is the smuggling probe: 400, the
-		// connection closed, nothing upstream.
+		// Both framings on one request is the smuggling probe: it is read
+		// by its chunked framing (RFC 9112 section 6.3), and the
+		// connection closes after its answer, so what a Content-Length
+		// reader would take for the next request never is one.
 		seen := env.seenCount()
 		hidden := "GET /smuggled HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
-		resp, body, closed := raw(t, "POST "+target("/clte")+" HTTP/1.1\r\nHost: "+host+"\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"+
-			fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(hidden), hidden))
-		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "both Content-Length and Transfer-Encoding") {
-			t.Fatalf("status %d %q; want 400 naming both headers", resp.StatusCode, body)
+		resp, _, closed := raw(t, "POST "+target("/clte")+" HTTP/1.1\r\nHost: "+host+"\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(hidden), hidden)+"GET "+target("/after")+" HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
+		if resp.StatusCode != http.StatusOK || !resp.Close {
+			t.Fatalf("status %d close=%v; want 200 with Connection: close", resp.StatusCode, resp.Close)
 		}
 		if !closed {
 			t.Errorf("connection left open after the CL+TE request")
 		}
-		if got := env.seenSince(seen); len(got) != 0 {
-			t.Errorf("upstream got %+v; want nothing", got)
+		got := env.seenSince(seen)
+		if len(got) != 1 || !strings.Contains(got[0].uri, "/clte") {
+			t.Errorf("upstream got %+v; want the POST alone", got)
 		}
 	})
 	t.Run("obs-fold", func(t *testing.T) {

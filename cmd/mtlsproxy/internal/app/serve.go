@@ -188,6 +188,7 @@ func (rt *runtime) listen(access *zap.Logger) error {
 	newRoute := func(rp *routePlan) *proxy.Route {
 		rp.opts.Timeouts = pl.proxyTimeouts()
 		rp.opts.Metrics = rt.metrics
+		rp.opts.FastPath = pl.cfg.FastPathEnabled()
 		r := proxy.NewRoute(rp.opts)
 		rt.routes[rp.identity] = append(rt.routes[rp.identity], r)
 		if rp.trustKey != "" {

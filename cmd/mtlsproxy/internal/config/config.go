@@ -61,6 +61,11 @@ type Config struct {
 	UnsafeListen bool `yaml:"unsafe_listen"`
 	// Via adds "Via: 1.1 mtlsproxy" to requests and responses.
 	Via bool `yaml:"via"`
+	// FastPath sends bodiless GET and HEAD requests to HTTP/1.1 upstreams
+	// over the accelerator (proxy/fast) instead of net/http's transport;
+	// nil means true. false takes every request through the reference
+	// pipeline alone.
+	FastPath *bool `yaml:"fast_path"`
 	// SocketMode is the file mode of unix:PATH listeners, in octal;
 	// default "0660". World-writable modes are refused.
 	SocketMode string `yaml:"socket_mode"`
@@ -282,6 +287,10 @@ func (t *Timeouts) fields() []timeoutField {
 		{"client_idle", &t.ClientIdle, DefaultClientIdleTimeout}, {"shutdown", &t.Shutdown, DefaultShutdownTimeout},
 	}
 }
+
+// FastPathEnabled reports whether the HTTP/1.1 accelerator is on (nil
+// means yes).
+func (c *Config) FastPathEnabled() bool { return c.FastPath == nil || *c.FastPath }
 
 // HTTP2Enabled reports whether HTTP/2 is offered (nil means yes).
 func (u Peer) HTTP2Enabled() bool { return u.HTTP2 == nil || *u.HTTP2 }

@@ -71,7 +71,7 @@ func TestKnownKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		`k.yaml:1: listn: unknown key "listn" in the top level (known keys: admin, clients, expiry_warning, gateways, identities, listen, log, max_connections, mitm_ca, pprof, reload_interval, resolve, routes, socket_mode, strip_headers, timeouts, trust, unsafe_listen, via, workers)`,
+		`k.yaml:1: listn: unknown key "listn" in the top level (known keys: admin, clients, expiry_warning, fast_path, gateways, identities, listen, log, max_connections, mitm_ca, pprof, reload_interval, resolve, routes, socket_mode, strip_headers, timeouts, trust, unsafe_listen, via, workers)`,
 		`k.yaml:3: routes[0].hots: unknown key "hots" in a route (known keys: address, clients, connect, host, hosts, http2, identity, min_tls, name, server_name, trust, verify)`,
 		`k.yaml:5: gateways[0].host: unknown key "host" in a gateway (known keys: address, clients, http2, identity, listen, min_tls, name, server_name, trust, upstream, verify)`,
 		`k.yaml:6: identities.a.pass: unknown key "pass" in an identity (known keys: cert, key, password_file, pkcs12)`,

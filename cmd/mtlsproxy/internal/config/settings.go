@@ -183,6 +183,13 @@ func Settings() []Setting {
 	add(setting("http2", "", "routes[0].http2", "offer HTTP/2 to upstreams by ALPN; servers that do not take it get HTTP/1.1 (default true; --http2=false turns it off)", http2).single())
 	add(setting("via", "", "via", `add "Via: 1.1 mtlsproxy" to requests and responses`,
 		boolean(func(o *overlay) *bool { return &o.c.Via })))
+	add(setting("fast-path", "", "fast_path", "send bodiless GET and HEAD requests to HTTP/1.1 upstreams over the accelerator (default true; --fast-path=false takes every request through net/http's transport)",
+		boolean(func(o *overlay) *bool {
+			if o.c.FastPath == nil {
+				o.c.FastPath = new(bool)
+			}
+			return o.c.FastPath
+		})))
 	add(setting("strip-header", "NAME", "strip_headers", "remove this request header before forwarding (repeatable; adds to the file's list); X-Forwarded-Client-Cert is always removed",
 		list(func(o *overlay) *[]string { return &o.c.StripHeaders })).repeatable())
 	add(setting("socket-mode", "MODE", "socket_mode", "file mode of unix:PATH listeners (default 0660; world-writable modes are refused)",

@@ -58,6 +58,7 @@ func stCases(f *cfgtest.Files) map[string]settingCase {
 		"max-connections": top("max_connections: V", "-1", "5", "0"),
 		"workers":         top("workers: V", "65", "2", "0", "1"),
 		"via":             top("via: V", "", "true"),
+		"fast-path":       top("fast_path: V", "", "false", "true"),
 		"strip-header":    top("strip_headers: [V]", "bad header", "X-Internal"),
 		"socket-mode":     top(`socket_mode: "V"`, "0666", "0600"),
 		"log-level":       top("log: {level: V}", "loud", "debug"),
