@@ -324,7 +324,6 @@ func corpusResponseCases() []respCase {
 	}
 }
 
-
 // corpusReq is a bodiless request for /tag.
 func corpusReq(mode corpusMode, method, tag string) []byte {
 	return []byte(method + " " + mode.target("/"+tag) + " HTTP/1.1\r\nHost: " + corpusHost + "\r\n\r\n")
