@@ -399,3 +399,48 @@ func TestTimeoutAndCancel(t *testing.T) {
 		t.Errorf("upstream got %d requests; want 2 (no retry after a timeout)", n)
 	}
 }
+
+// FuzzFastReuse sends a request that the upstream answers with arbitrary
+// bytes, then a second request for a path the bytes cannot know: if the
+// second answer is a response at all, it must be the upstream's answer to
+// the second request, whatever the first bytes said about their framing.
+func FuzzFastReuse(f *testing.F) {
+	set := pkitest.New(f)
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad",
+		"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 304 Not Modified\r\nContent-Length: 4\r\n\r\nxxxx",
+		"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
+	} {
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
+	}
+	f.Fuzz(func(t *testing.T, first []byte, head bool) {
+		up := newRawUpstream(t, set, func(req *http.Request, n int) (string, bool, string) {
+			if req.URL.Path == "/0" {
+				return string(first), true, ""
+			}
+			return echoed(req), true, ""
+		})
+		c := newClient(t, set)
+		method := http.MethodGet
+		if head {
+			method = http.MethodHead
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		req, _ := http.NewRequestWithContext(ctx, method, "https://api.internal/0", nil)
+		if resp, _, err := c.RoundTrip(req, up.addr); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+		}
+		cancel()
+		path := fmt.Sprintf("/1-%d", time.Now().UnixNano())
+		status, body, reused, err := get(t, c, up.addr, http.MethodGet, path)
+		if err == nil && body != "for "+path {
+			t.Fatalf("second request (reused=%v) got %d %q; want the upstream's answer to it, after a first answer of %q", reused, status, body, first)
+		}
+	})
+}
