@@ -1,6 +1,7 @@
 package tlsconf
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"sync"
@@ -66,10 +67,25 @@ func ClientConfig(o ClientOptions) *tls.Config {
 		NextProtos:         protos,
 		VerifyConnection:   verifyPeer(o.VerifySAN, o.Pins),
 	}
-	if o.Identity != nil {
-		cfg.GetClientCertificate = o.Identity.GetClientCertificate
+	if id := o.Identity; id != nil {
+		cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if f, ok := cri.Context().Value(certificateRequestedKey{}).(func()); ok {
+				f()
+			}
+			return id.GetClientCertificate(cri)
+		}
 	}
 	return cfg
+}
+
+type certificateRequestedKey struct{}
+
+// WithCertificateRequested returns a context under which a handshake made
+// with a ClientConfig calls f when the server asks for the client
+// certificate, so that a probe can tell a server that asked from one that
+// did not.
+func WithCertificateRequested(ctx context.Context, f func()) context.Context {
+	return context.WithValue(ctx, certificateRequestedKey{}, f)
 }
 
 // LiveClientConfig keeps one upstream's client config current with its

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mtlsproxy/mtlsproxy/proxy"
@@ -106,6 +107,8 @@ func probe(ctx context.Context, pl *Plan, t probeTarget, timeout time.Duration) 
 			}
 		},
 	}
+	var asked atomic.Bool
+	ctx = tlsconf.WithCertificateRequested(ctx, func() { asked.Store(true) })
 	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodHead, "https://"+hostHeader(t.hostport)+"/", nil)
 	if err != nil {
 		r.Err = "bad-request: " + err.Error()
@@ -125,6 +128,9 @@ func probe(ctx context.Context, pl *Plan, t probeTarget, timeout time.Duration) 
 		leaf := state.PeerCertificates[0]
 		r.Version, r.Cipher, r.Protocol = tls.VersionName(state.Version), tls.CipherSuiteName(state.CipherSuite), state.NegotiatedProtocol
 		r.ServerSubject, r.ServerNames, r.ServerNotAfter = leaf.Subject.String(), strings.Join(tlsconf.PresentedSANs(leaf), " "), leaf.NotAfter
+	}
+	if state != nil && t.rp.opts.Identity != nil && !asked.Load() {
+		r.ClientSubject, r.ClientNotAfter = "(not asked for)", time.Time{}
 	}
 	if state == nil {
 		// Nothing was presented: the handshake did not get that far.
