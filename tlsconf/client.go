@@ -69,8 +69,10 @@ func ClientConfig(o ClientOptions) *tls.Config {
 	}
 	if id := o.Identity; id != nil {
 		cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			if f, ok := cri.Context().Value(certificateRequestedKey{}).(func()); ok {
-				f()
+			if ctx := cri.Context(); ctx != nil {
+				if f, ok := ctx.Value(certificateRequestedKey{}).(func()); ok {
+					f()
+				}
 			}
 			return id.GetClientCertificate(cri)
 		}
