@@ -27,7 +27,8 @@ type runningProxy struct {
 	Name      string `json:"name"`
 	Level     string `json:"level"`
 	Forward   bool   `json:"forward"`
-	Status    string `json:"status"` // ok, skipped (not installed), failed
+	Baseline  bool   `json:"baseline,omitempty"` // run with the -baseline binary
+	Status    string `json:"status"`             // ok, skipped (not installed), failed
 	Note      string `json:"note"`
 	Version   string `json:"version,omitempty"`
 	Command   string `json:"command,omitempty"`
@@ -160,16 +161,11 @@ func (b *bench) run(ctx context.Context) error {
 
 	var mtlsBin string
 	for i, name := range b.opts.Proxies {
-		var def proxyDef
-		for _, p := range allProxies {
-			if p.Name == name {
-				def = p
-			}
-		}
+		def, _ := proxyByName(name)
 		rp := &runningProxy{def: def, Name: def.Name, Level: def.Level, Forward: def.Forward, Note: def.Note,
-			Port: ports[1+2*i]}
+			Baseline: def.Baseline, Port: ports[1+2*i]}
 		b.proxies = append(b.proxies, rp)
-		if def.mtlsArgs != nil && mtlsBin == "" {
+		if def.mtlsArgs != nil && !def.Baseline && mtlsBin == "" {
 			if mtlsBin, err = b.buildMtlsproxy(ctx); err != nil {
 				return err
 			}
@@ -218,7 +214,7 @@ func (b *bench) run(ctx context.Context) error {
 	n := 0
 	for round := 1; round <= b.opts.Rounds; round++ {
 		for _, c := range b.cases {
-			for _, rp := range rotate(active, round-1) {
+			for _, rp := range roundOrder(active, round) {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -261,7 +257,7 @@ func (b *bench) run(ctx context.Context) error {
 
 	sums := summarize(b.proxies, b.cases, b.runs)
 	rep := report{Machine: b.machine, Config: b.config(), Cases: b.cases, Proxies: b.proxies,
-		Summary: sums, Runs: b.runs, Notes: b.notes}
+		Summary: sums, Runs: b.runs, Notes: b.notes, Comparisons: comparisons(sums)}
 	writeMarkdown(b.stdout, rep)
 	if b.opts.JSON != "" {
 		if err := writeJSON(b.opts.JSON, rep); err != nil {
@@ -275,7 +271,7 @@ func (b *bench) run(ctx context.Context) error {
 func (b *bench) config() runConfig {
 	return runConfig{Duration: b.opts.Duration.String(), Warmup: b.opts.Warmup.String(), Pause: b.opts.Pause.String(),
 		Rounds: b.opts.Rounds, WrkThreads: b.opts.Threads, UpstreamWorkers: b.opts.UpstreamWorkers,
-		NginxWorkers: b.opts.Workers, ClockTicks: b.clk, MtlsproxyLog: map[bool]string{true: "file", false: "/dev/null"}[b.opts.Logs]}
+		NginxWorkers: b.opts.Workers, Baseline: b.opts.Baseline, ClockTicks: b.clk, MtlsproxyLog: map[bool]string{true: "file", false: "/dev/null"}[b.opts.Logs]}
 }
 
 // makeFiles writes the throwaway PKI and the 1 MiB body.
@@ -412,9 +408,12 @@ func (b *bench) startProxy(ctx context.Context, rp *runningProxy, mtlsBin string
 		return err
 	}
 	var bin string
-	if def.mtlsArgs != nil {
+	switch {
+	case def.Baseline:
+		bin = b.opts.Baseline
+	case def.mtlsArgs != nil:
 		bin = mtlsBin
-	} else {
+	default:
 		var ok bool
 		if bin, ok = lookBinary(def.Binary); !ok {
 			rp.Status = "skipped"
@@ -422,6 +421,9 @@ func (b *bench) startProxy(ctx context.Context, rp *runningProxy, mtlsBin string
 		}
 	}
 	rp.Version = binaryVersion(rp.Name, bin)
+	if def.mtlsArgs != nil {
+		rp.Version += vcsRevision(bin)
+	}
 	var cmd *exec.Cmd
 	var err error
 	logFile := filepath.Join(dir, "stderr.log")

@@ -14,7 +14,7 @@
 //
 //	go run ./cmd/mtlsbench -json results.json
 //
-// See bench/README.md for what each figure means.
+// See docs/benchmarks.md for what each figure means.
 package main
 
 import (
@@ -25,6 +25,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -62,6 +63,7 @@ type options struct {
 	Proxies         []string
 	Cases           []string
 	Mtlsproxy       string
+	Baseline        string // another mtlsproxy binary: every mtlsproxy row runs with it too
 	MtlsproxyPkg    string
 	GoCmd           string
 	Wrk             string
@@ -140,12 +142,13 @@ Flags:
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "measured wrk run per proxy, case and round (whole seconds)")
 	fs.DurationVar(&o.Warmup, "warmup", 2*time.Second, "unmeasured wrk run before each measured one (0: none)")
 	fs.DurationVar(&o.Pause, "pause", time.Second, "idle time between runs")
-	fs.IntVar(&o.Rounds, "rounds", 3, "rounds; each runs every case against every proxy, in a rotated order")
+	fs.IntVar(&o.Rounds, "rounds", 3, "rounds; each runs every case against every proxy, in an order that changes each round")
 	fs.IntVar(&o.Threads, "threads", 1, "wrk threads (-t)")
 	fs.StringVar(&o.JSON, "json", "", "write every measurement and the summary as JSON to this file")
 	proxies := fs.String("proxies", "default", "comma-separated proxies to run, or \"default\" (all but the optional ones) or \"all\"")
 	cases := fs.String("cases", "keepalive,close,large,mitm", "comma-separated cases to run")
 	fs.StringVar(&o.Mtlsproxy, "mtlsproxy", "", "use this mtlsproxy binary instead of building one")
+	fs.StringVar(&o.Baseline, "baseline", "", "also run every selected mtlsproxy row with this other mtlsproxy binary, as <row>"+baselineSuffix+", in the same rounds (an A/B of two versions)")
 	fs.StringVar(&o.MtlsproxyPkg, "mtlsproxy-pkg", "./cmd/mtlsproxy", "package to build mtlsproxy from (run from the repository root)")
 	fs.StringVar(&o.GoCmd, "go", "go", "go command used to build mtlsproxy")
 	fs.StringVar(&o.Wrk, "wrk", "wrk", "wrk binary")
@@ -180,6 +183,17 @@ Flags:
 	}
 	if o.Proxies, err = proxiesForCases(o.Proxies, o.Cases); err != nil {
 		return o, err
+	}
+	if o.Baseline != "" {
+		if o.Baseline, err = filepath.Abs(o.Baseline); err != nil {
+			return o, err
+		}
+		if fi, err := os.Stat(o.Baseline); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return o, fmt.Errorf("-baseline %s: not an executable file", o.Baseline)
+		}
+		if o.Proxies, err = withBaselines(o.Proxies); err != nil {
+			return o, err
+		}
 	}
 	return o, nil
 }
@@ -274,10 +288,15 @@ func caseByName(name string) (benchCase, bool) {
 	return benchCase{}, false
 }
 
+// proxyByName finds a row of allProxies, or the baseline twin of an
+// mtlsproxy row (name ending in baselineSuffix).
 func proxyByName(name string) (proxyDef, bool) {
 	for _, p := range allProxies {
 		if p.Name == name {
 			return p, true
+		}
+		if p.mtlsArgs != nil && p.Name+baselineSuffix == name {
+			return baselineDef(p), true
 		}
 	}
 	return proxyDef{}, false
@@ -311,6 +330,22 @@ func selectCases(v string) ([]string, error) {
 		return nil, errors.New("-cases: no case selected")
 	}
 	return out, nil
+}
+
+// roundOrder is the order in which the rows run in round r (from 1):
+// round r starts with the r-th row, odd rounds go down the list and even
+// rounds up it, so that each row goes first as often as any other and
+// follows each of its two neighbours in about half the rounds (an A/B
+// pair next to each other takes turns going first).
+func roundOrder[T any](s []T, r int) []T {
+	if r%2 == 1 {
+		return rotate(s, r-1)
+	}
+	out := rotate(s, r)
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
 }
 
 // rotate returns s rotated left by n: round r starts with the r-th proxy,

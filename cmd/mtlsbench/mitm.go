@@ -334,7 +334,7 @@ func writeMitmproxyCA(confDir string) (*x509.CertPool, error) {
 // mitmCommand prepares a mitm row and returns its command line, and sets
 // rp.mitm to how clients reach the upstream through it.
 func (b *bench) mitmCommand(rp *runningProxy, bin, dir string, adminPort int) (cmdArgs []string, err error) {
-	switch rp.Name {
+	switch baseName(rp.Name) {
 	case "mtlsproxy-mitm":
 		caDir := filepath.Join(dir, "ca")
 		cmd := exec.Command(bin, "ca", "init", "--out", caDir, "--permit", upstreamHost)

@@ -4,6 +4,7 @@ package main
 // each is started.
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -210,8 +211,49 @@ type proxyDef struct {
 	// MITM rows intercept CONNECT and run only in MITM cases; the other
 	// rows never run in them.
 	MITM bool
+	// Baseline rows run an mtlsproxy row with the -baseline binary.
+	Baseline bool
+	// ABOf names the row that differs from this one only by one switch
+	// (an accelerator): the report gives their ratio per case.
+	ABOf string
 	// args for mtlsproxy rows
 	mtlsArgs []string
+}
+
+// baselineSuffix ends the name of a row run with the -baseline binary.
+const baselineSuffix = "@baseline"
+
+// baseName is a row's name without baselineSuffix: the row whose
+// configuration it has.
+func baseName(name string) string { return strings.TrimSuffix(name, baselineSuffix) }
+
+// baselineDef is mtlsproxy row p run with the -baseline binary.
+func baselineDef(p proxyDef) proxyDef {
+	p.Name += baselineSuffix
+	p.Baseline = true
+	p.Note += "; with the -baseline binary"
+	if p.ABOf != "" {
+		p.ABOf += baselineSuffix
+	}
+	return p
+}
+
+// withBaselines puts after every mtlsproxy row the same row with the
+// -baseline binary.
+func withBaselines(names []string) ([]string, error) {
+	var out []string
+	n := 0
+	for _, name := range names {
+		out = append(out, name)
+		if p, _ := proxyByName(name); p.mtlsArgs != nil && !p.Baseline {
+			out = append(out, name+baselineSuffix)
+			n++
+		}
+	}
+	if n == 0 {
+		return nil, errors.New("-baseline: no mtlsproxy row selected")
+	}
+	return out, nil
 }
 
 // allProxies lists every proxy the harness knows, in table order.
@@ -225,8 +267,8 @@ var allProxies = []proxyDef{
 	{Name: "mtlsproxy-gateway-warn", Level: "http", mtlsArgs: []string{"gateway", "--log-level", "warn"}, Optional: true,
 		Note: "gateway mode with --log-level warn"},
 	{Name: "mtlsproxy-forward-workers", Level: "http", Forward: true,
-		mtlsArgs: []string{"forward", "--workers", strconv.Itoa(runtime.NumCPU()), "--log-level", "warn"},
-		Note:     "forward mode with --workers set to the number of CPUs (one scheduler thread each) and --log-level warn"},
+		mtlsArgs: []string{"forward", "--workers", strconv.Itoa(runtime.NumCPU()), "--log-level", "warn"}, ABOf: "mtlsproxy-forward-warn",
+		Note: "forward mode with --workers set to the number of CPUs (one scheduler thread each) and --log-level warn"},
 	{Name: "nginx", Level: "http", Peer: true, Binary: []string{"nginx", "/usr/sbin/nginx"}, Install: "apt-get install nginx-light",
 		Note: "proxy_pass https:// with proxy_ssl_certificate, upstream keepalive 64, proxy_ssl_session_reuse; auto workers; no access log"},
 	{Name: "haproxy", Level: "http", Peer: true, Binary: []string{"haproxy", "/usr/sbin/haproxy"}, Install: "apt-get install haproxy",

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"crypto/x509"
+	"debug/buildinfo"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -35,6 +36,7 @@ type runConfig struct {
 	WrkThreads      int    `json:"wrk_threads"`
 	UpstreamWorkers string `json:"upstream_worker_processes"`
 	NginxWorkers    string `json:"nginx_proxy_worker_processes"`
+	Baseline        string `json:"baseline_binary,omitempty"`
 	ClockTicks      uint64 `json:"clock_ticks_per_second"`
 	MtlsproxyLog    string `json:"mtlsproxy_log"`
 }
@@ -47,27 +49,35 @@ type report struct {
 	Summary []summary       `json:"summary"`
 	Runs    []runResult     `json:"runs"`
 	Notes   []string        `json:"notes,omitempty"`
+	// Comparisons are the ratio lines printed below the table
+	// (comparisons of Summary).
+	Comparisons []string `json:"comparisons,omitempty"`
 }
 
 // summary is one table row: one proxy in one case, over every round.
 type summary struct {
-	Proxy        string  `json:"proxy"`
-	Case         string  `json:"case"`
-	Level        string  `json:"level"`
-	Peer         bool    `json:"peer"`
-	Rounds       int     `json:"rounds"` // measured runs that completed
-	FailedRuns   int     `json:"failed_runs"`
-	MedianRPS    float64 `json:"median_rps"`
-	MinRPS       float64 `json:"min_rps"`
-	MaxRPS       float64 `json:"max_rps"`
-	P50US        float64 `json:"median_p50_us"`
-	P99US        float64 `json:"median_p99_us"`
-	CPUPerReqUS  float64 `json:"median_cpu_us_per_request"`
-	PeakRSS      uint64  `json:"max_peak_rss_bytes"`
-	IdleRSS      uint64  `json:"idle_rss_bytes"`
-	Requests     uint64  `json:"requests"`
-	Errors       uint64  `json:"errors"`
-	WarmupErrors uint64  `json:"warmup_errors"`
+	Proxy      string  `json:"proxy"`
+	Case       string  `json:"case"`
+	Level      string  `json:"level"`
+	Peer       bool    `json:"peer"`
+	Baseline   bool    `json:"baseline,omitempty"` // the -baseline binary
+	ABOf       string  `json:"ab_of,omitempty"`    // the row this one differs from by one switch
+	Rounds     int     `json:"rounds"`             // measured runs that completed
+	FailedRuns int     `json:"failed_runs"`
+	MedianRPS  float64 `json:"median_rps"`
+	MinRPS     float64 `json:"min_rps"`
+	MaxRPS     float64 `json:"max_rps"`
+	// RoundRPS is the rps of each round that completed, by round number:
+	// A/B lines compare two rows round by round.
+	RoundRPS     map[int]float64 `json:"rps_by_round,omitempty"`
+	P50US        float64         `json:"median_p50_us"`
+	P99US        float64         `json:"median_p99_us"`
+	CPUPerReqUS  float64         `json:"median_cpu_us_per_request"`
+	PeakRSS      uint64          `json:"max_peak_rss_bytes"`
+	IdleRSS      uint64          `json:"idle_rss_bytes"`
+	Requests     uint64          `json:"requests"`
+	Errors       uint64          `json:"errors"`
+	WarmupErrors uint64          `json:"warmup_errors"`
 	// Handshakes: upstream TLS handshakes that succeeded during the
 	// warm-ups and the measured runs of every round; nil where not known
 	// (peers). HandshakesRun is the part during the measured runs.
@@ -82,7 +92,8 @@ func summarize(proxies []*runningProxy, cases []benchCase, runs []runResult) []s
 	var out []summary
 	for _, c := range cases {
 		for _, rp := range proxies {
-			s := summary{Proxy: rp.Name, Case: c.Name, Level: rp.Level, Peer: rp.def.Peer, IdleRSS: rp.IdleRSS}
+			s := summary{Proxy: rp.Name, Case: c.Name, Level: rp.Level, Peer: rp.def.Peer, Baseline: rp.def.Baseline,
+				ABOf: rp.def.ABOf, IdleRSS: rp.IdleRSS}
 			var rps, p50, p99, cpu []float64
 			for _, r := range runs {
 				if r.Proxy != rp.Name || r.Case != c.Name {
@@ -112,6 +123,10 @@ func summarize(proxies []*runningProxy, cases []benchCase, runs []runResult) []s
 					continue
 				}
 				s.Rounds++
+				if s.RoundRPS == nil {
+					s.RoundRPS = map[int]float64{}
+				}
+				s.RoundRPS[r.Round] = r.Wrk.RPS
 				rps = append(rps, r.Wrk.RPS)
 				p50 = append(p50, r.Wrk.Latency["50"])
 				p99 = append(p99, r.Wrk.Latency["99"])
@@ -186,7 +201,7 @@ func writeMarkdown(w io.Writer, r report) {
 		}
 		fmt.Fprintf(w, " %s: %s%s", k, m.Versions[k], sep)
 	}
-	fmt.Fprintf(w, "\n\nRun: wrk -t%d, %s per run after a %s warm-up, %d round(s), proxy order rotated each round; upstream nginx worker_processes %s, nginx proxy worker_processes %s. wrk, the upstream and the proxy share the machine's CPUs. Load average at start %s, at end %s.\n\n",
+	fmt.Fprintf(w, "\n\nRun: wrk -t%d, %s per run after a %s warm-up, %d round(s), rows in an order that starts one row later each round and runs down the list in odd rounds, up it in even ones; upstream nginx worker_processes %s, nginx proxy worker_processes %s. wrk, the upstream and the proxy share the machine's CPUs. Load average at start %s, at end %s.\n\n",
 		r.Config.WrkThreads, r.Config.Duration, r.Config.Warmup, r.Config.Rounds, r.Config.UpstreamWorkers,
 		r.Config.NginxWorkers, m.LoadStart, m.LoadEnd)
 
@@ -217,7 +232,7 @@ func writeMarkdown(w io.Writer, r report) {
 	}
 	fmt.Fprintln(w)
 	if lines := comparisons(r.Summary); len(lines) > 0 {
-		fmt.Fprintln(w, "mtlsproxy against the peers (best mtlsproxy row against the best peer row, by median rps):")
+		fmt.Fprintln(w, "mtlsproxy against the peers (best mtlsproxy row against the best peer row, by median rps; rows of the -baseline binary against the same row of this one; accelerator rows against the row without the switch):")
 		fmt.Fprintln(w)
 		for _, l := range lines {
 			fmt.Fprintln(w, "- "+l)
@@ -287,6 +302,7 @@ func comparisons(sums []summary) []string {
 			switch {
 			case s.Level == "none":
 				direct = s
+			case s.Baseline:
 			case !s.Peer:
 				if ours == nil || s.MedianRPS > ours.MedianRPS {
 					ours = s
@@ -325,7 +341,95 @@ func comparisons(sums []summary) []string {
 		}
 		out = append(out, line)
 	}
+	return append(out, pairComparisons(byCase, order)...)
+}
+
+// pairComparisons are, per case, the A/B lines: each row of this binary
+// against the same row of the -baseline binary (new/old), and each
+// accelerator row against the row it differs from by its switch alone,
+// with whether it earns the 10% an accelerator must to be kept.
+func pairComparisons(byCase map[string][]summary, order []string) []string {
+	var out []string
+	ratio := func(a, b *summary) string {
+		return fmt.Sprintf("%s %.2f× %s (%s vs %s rps%s; p99 %s vs %s; CPU %.1f vs %.1f µs/req)", a.Proxy, a.MedianRPS/b.MedianRPS,
+			b.Proxy, fmtInt(a.MedianRPS), fmtInt(b.MedianRPS), roundRatios(a, b), fmtLatency(a.P99US), fmtLatency(b.P99US),
+			a.CPUPerReqUS, b.CPUPerReqUS)
+	}
+	for _, c := range order {
+		rows := map[string]*summary{}
+		for i := range byCase[c] {
+			if s := &byCase[c][i]; s.Rounds > 0 && s.MedianRPS > 0 {
+				rows[s.Proxy] = s
+			}
+		}
+		var pairs []string
+		for _, s := range byCase[c] {
+			if base, old := rows[s.Proxy], rows[s.Proxy+baselineSuffix]; base != nil && old != nil {
+				pairs = append(pairs, ratio(base, old))
+			}
+		}
+		if len(pairs) > 0 {
+			out = append(out, c+": this binary against -baseline: "+strings.Join(pairs, "; "))
+		}
+		for _, s := range byCase[c] {
+			a, b := rows[s.Proxy], rows[s.ABOf]
+			if s.ABOf == "" || a == nil || b == nil {
+				continue
+			}
+			verdict := "no"
+			if a.MedianRPS >= 1.1*b.MedianRPS {
+				verdict = "yes"
+			}
+			out = append(out, fmt.Sprintf("%s: A/B %s; ≥ 1.10× (earns its place): %s", c, ratio(a, b), verdict))
+		}
+	}
 	return out
+}
+
+// roundRatios is "; round by round 0.91–1.30×, median 1.12×": the ratio
+// of a's rps to b's within each round both completed (the two ran minutes
+// apart at most, so a change in the machine's load mostly cancels), or ""
+// for fewer than two such rounds.
+func roundRatios(a, b *summary) string {
+	var rs []float64
+	for round, x := range a.RoundRPS {
+		if y := b.RoundRPS[round]; y > 0 {
+			rs = append(rs, x/y)
+		}
+	}
+	if len(rs) < 2 {
+		return ""
+	}
+	sort.Float64s(rs)
+	return fmt.Sprintf("; round by round %.2f–%.2f×, median %.2f×", rs[0], rs[len(rs)-1], median(rs))
+}
+
+// vcsRevision is " (commit abcdef1)" for a Go binary built in a git
+// checkout (" (commit abcdef1, modified)" with uncommitted changes), or "".
+func vcsRevision(bin string) string {
+	info, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		return ""
+	}
+	var rev, mod string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			mod = s.Value
+		}
+	}
+	if rev == "" {
+		return ""
+	}
+	if len(rev) > 7 {
+		rev = rev[:7]
+	}
+	if mod == "true" {
+		return " (commit " + rev + ", modified)"
+	}
+	return " (commit " + rev + ")"
 }
 
 func writeJSON(file string, r report) error {
