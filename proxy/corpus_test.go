@@ -104,7 +104,8 @@ func corpusProxy(t testing.TB, set *pkitest.Set, mode corpusMode, port string, h
 		t.Fatal(err)
 	}
 	srv := &proxy.Server{Proxy: p, HTTP: &http.Server{Handler: p, ReadHeaderTimeout: testutil.Wait,
-		IdleTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10, ErrorLog: log.New(io.Discard, "", 0)}}
+		IdleTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10, ErrorLog: log.New(io.Discard, "", 0)},
+		Front: corpusFastPath}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	t.Cleanup(func() {

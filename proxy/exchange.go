@@ -59,6 +59,8 @@ type exchange struct {
 	watch *teWatch
 	// closeAfter closes the client connection after the response.
 	closeAfter bool
+	// wrote is set once the front has begun writing the answer.
+	wrote bool
 }
 
 func (ex *exchange) fail(perr *proxyError, cause error) {

@@ -72,6 +72,9 @@ type Proxy struct {
 	strip    []string
 	self     map[string]bool
 	mitmRT   goproxy.RoundTripper
+	// gwTarget is the gateway upstream when the front may send
+	// origin-form requests there itself (host empty: it may not).
+	gwTarget target
 	// testHook, if set, is called at named points of the request path,
 	// so that tests can make them fail (a panic, say).
 	testHook func(point string)
@@ -117,6 +120,7 @@ func New(o Options) (*Proxy, error) {
 	}
 	p.clients, p.mitm = o.Clients, o.Mitm
 	p.strip = append([]string{"X-Forwarded-Client-Cert"}, o.StripHeaders...)
+	p.gwTarget = gatewayTarget(o.Upstream)
 	p.self = map[string]bool{}
 	for _, a := range o.Self {
 		if host, port, err := net.SplitHostPort(a); err == nil {

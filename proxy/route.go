@@ -342,6 +342,13 @@ func (r *Route) allows(client string) bool {
 
 func (r *Route) roundTrip(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {
 	ex, _ := ctx.UserData.(*exchange)
+	return r.send(req, ex)
+}
+
+// send carries req (already decided and rewritten) upstream: over the
+// accelerator when it takes the request, else over http.Transport. ex,
+// if set, learns whether the connection was reused.
+func (r *Route) send(req *http.Request, ex *exchange) (*http.Response, error) {
 	ts := r.conns.Load()
 	if ts.fast != nil && ex != nil && fast.Eligible(req) {
 		resp, reused, err := ts.fast.RoundTrip(req, ex.host)

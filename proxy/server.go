@@ -35,9 +35,17 @@ type Server struct {
 	// sets DisableGeneralOptionsHandler, so that "OPTIONS *" reaches the
 	// Proxy too. Its ConnContext, if set, is kept.
 	HTTP *http.Server
-	// Metrics is unused by Server: count open connections with the
-	// server's ConnState (Metrics.ConnState). It may be nil.
+	// Front serves simple requests (bodiless HTTP/1.1 GETs and HEADs) on
+	// the connection's goroutine instead of Go's server, which takes the
+	// connection over at the first request the front does not take; see
+	// front.go. The answers are the same either way.
+	Front bool
+	// Metrics counts the open connections the front serves; Go's server
+	// counts its own through its ConnState (Metrics.ConnState). It may be
+	// nil.
 	Metrics *Metrics
+
+	front frontServer
 
 	once sync.Once
 	mu   sync.Mutex
@@ -69,6 +77,7 @@ func (s *Server) init() {
 		}
 		h.MaxHeaderBytes = max(limit-headSlop, 1)
 		h.DisableGeneralOptionsHandler = true
+		s.front.s = s
 		s.fresh = map[net.Conn]struct{}{}
 		state := h.ConnState
 		h.ConnState = func(c net.Conn, cs http.ConnState) {
@@ -88,8 +97,8 @@ func (s *Server) init() {
 			if next != nil {
 				ctx = next(ctx, c)
 			}
-			if w, ok := c.(*teWatch); ok {
-				ctx = context.WithValue(ctx, teWatchKey{}, w)
+			if w, ok := c.(interface{ watch() *teWatch }); ok {
+				ctx = context.WithValue(ctx, teWatchKey{}, w.watch())
 			}
 			return ctx
 		}
@@ -100,6 +109,9 @@ func (s *Server) init() {
 // ErrServerClosed then.
 func (s *Server) Serve(ln net.Listener) error {
 	s.init()
+	if s.Front {
+		return s.front.serve(ln)
+	}
 	return s.HTTP.Serve(teWatchListener{ln})
 }
 
@@ -108,6 +120,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.init()
+	s.front.stop()
 	errc := make(chan error, 1)
 	go func() { errc <- s.HTTP.Shutdown(ctx) }()
 	// Go's Shutdown closes the listeners and the idle connections, and
@@ -125,6 +138,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		select {
 		case err := <-errc:
+			if ferr := s.front.wait(ctx); err == nil {
+				err = ferr
+			}
 			return err
 		case <-tick.C:
 		}
@@ -132,7 +148,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Close closes the listeners and every connection at once.
-func (s *Server) Close() error { return s.HTTP.Close() }
+func (s *Server) Close() error {
+	s.init()
+	s.front.stop()
+	s.front.closeAll()
+	return s.HTTP.Close()
+}
 
 // teWatchListener wraps each accepted connection in a teWatch.
 type teWatchListener struct{ net.Listener }
@@ -167,6 +188,10 @@ type teWatch struct {
 }
 
 const teName = "transfer-encoding"
+
+// watch lets ConnContext find the watch under a connection the front
+// handed over (replayConn embeds it).
+func (c *teWatch) watch() *teWatch { return c }
 
 func (c *teWatch) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)

@@ -252,7 +252,7 @@ func advFront(t testing.TB, p *Proxy, readHeader, idle time.Duration) (*Server, 
 	}
 	srv := &http.Server{Handler: p, ReadHeaderTimeout: readHeader, IdleTimeout: idle, MaxHeaderBytes: 64 << 10,
 		ErrorLog: log.New(io.Discard, "", 0)}
-	s := &Server{Proxy: p, HTTP: srv}
+	s := &Server{Proxy: p, HTTP: srv, Front: testFastPath}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ln) }()
 	t.Cleanup(func() {

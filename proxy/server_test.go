@@ -38,7 +38,7 @@ func serveFront(t testing.TB, p *Proxy) (*Server, string) {
 	}
 	srv := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
 		MaxHeaderBytes: 64 << 10}
-	s := &Server{Proxy: p, HTTP: srv}
+	s := &Server{Proxy: p, HTTP: srv, Front: testFastPath}
 	go func() { _ = s.Serve(ln) }()
 	t.Cleanup(func() { _ = s.Close() })
 	return s, "http://" + ln.Addr().String()

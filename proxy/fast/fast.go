@@ -182,6 +182,12 @@ func (c *Client) exchange(pc *conn, req *http.Request, addr string) (_ *http.Res
 			_ = pc.tc.SetReadDeadline(time.Time{})
 			resp.TLS = pc.state
 			b := &body{rc: resp.Body, c: c, pc: pc, addr: addr, resp: resp, cancel: context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(aLongTimeAgo) })}
+			if resp.Body == http.NoBody {
+				// Nothing more to read (HEAD, 204, 304, an empty body):
+				// the connection is free now.
+				b.finish(true)
+				return resp, true, nil
+			}
 			resp.Body = b
 			return resp, true, nil
 		}

@@ -257,7 +257,7 @@ func (rt *runtime) listen(access *zap.Logger) error {
 			return fmt.Errorf("%s: %w", t.l.name, err)
 		}
 		t.l.srv.Handler = h
-		t.l.front = &proxy.Server{Proxy: h, HTTP: t.l.srv, Metrics: rt.metrics}
+		t.l.front = &proxy.Server{Proxy: h, HTTP: t.l.srv, Metrics: rt.metrics, Front: pl.cfg.FastPathEnabled()}
 	}
 	if rt.inherited != nil && rt.nextFile != len(rt.inherited) {
 		return fmt.Errorf("the parent passed %d listening sockets, more than this configuration has", len(rt.inherited))

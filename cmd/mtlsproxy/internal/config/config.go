@@ -61,10 +61,11 @@ type Config struct {
 	UnsafeListen bool `yaml:"unsafe_listen"`
 	// Via adds "Via: 1.1 mtlsproxy" to requests and responses.
 	Via bool `yaml:"via"`
-	// FastPath sends bodiless GET and HEAD requests to HTTP/1.1 upstreams
-	// over the accelerator (proxy/fast) instead of net/http's transport;
-	// nil means true. false takes every request through the reference
-	// pipeline alone.
+	// FastPath serves bodiless HTTP/1.1 GET and HEAD requests on the
+	// accelerator (the front in proxy/front.go on the client side,
+	// proxy/fast towards HTTP/1.1 upstreams) instead of net/http's server
+	// and transport; nil means true. false takes every request through
+	// the reference pipeline alone.
 	FastPath *bool `yaml:"fast_path"`
 	// SocketMode is the file mode of unix:PATH listeners, in octal;
 	// default "0660". World-writable modes are refused.

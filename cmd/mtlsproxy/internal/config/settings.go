@@ -183,7 +183,7 @@ func Settings() []Setting {
 	add(setting("http2", "", "routes[0].http2", "offer HTTP/2 to upstreams by ALPN; servers that do not take it get HTTP/1.1 (default true; --http2=false turns it off)", http2).single())
 	add(setting("via", "", "via", `add "Via: 1.1 mtlsproxy" to requests and responses`,
 		boolean(func(o *overlay) *bool { return &o.c.Via })))
-	add(setting("fast-path", "", "fast_path", "send bodiless GET and HEAD requests to HTTP/1.1 upstreams over the accelerator (default true; --fast-path=false takes every request through net/http's transport)",
+	add(setting("fast-path", "", "fast_path", "serve bodiless HTTP/1.1 GET and HEAD requests on the HTTP/1.1 accelerator (a lighter client and upstream path; answers are the same) (default true; --fast-path=false takes every request through net/http's server and transport)",
 		boolean(func(o *overlay) *bool {
 			if o.c.FastPath == nil {
 				o.c.FastPath = new(bool)

@@ -1,0 +1,739 @@
+package proxy
+
+// The front is the HTTP/1.1 accelerator on the client side (Server.Front).
+//
+// Go's HTTP server spends more per request than the forwarding itself: a
+// read ahead on the connection after every request (a goroutine, and a
+// read that finds nothing), a context, a header map, a response writer,
+// and goproxy's own per-request state. So the front reads each
+// connection's requests itself and serves the common, simple ones on the
+// connection's goroutine: an HTTP/1.1 GET or HEAD without a body, with a
+// head that fits in 4 KiB and that package h1 reads exactly as net/http
+// would. Everything the proxy decides and sends is the reference
+// pipeline's: the same admission, the same decide, the same upstream
+// request (built as an *http.Request and sent by the route), the same
+// error rendering and access line.
+//
+// The first request the front does not take (a body, CONNECT, an
+// upgrade, HTTP/1.0, anything unusual in its head, any refusal) hands the
+// whole connection, with the bytes already read, to Go's server running
+// the Proxy through goproxy, which keeps the connection from then on.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mtlsproxy/mtlsproxy/proxy/internal/h1"
+	"go.uber.org/zap"
+)
+
+// frontBufSize bounds a request head the front takes itself; a longer
+// one is handed over.
+const frontBufSize = 4 << 10
+
+const (
+	stateIdle int32 = iota
+	stateActive
+	stateClosing
+)
+
+// clientCheckInterval is how often a request waiting for its upstream
+// checks that its client is still there (as Go's server notices a client
+// that goes away through its read ahead).
+const clientCheckInterval = 100 * time.Millisecond
+
+// frontServer is a Server's front: its connections and its hand-over to
+// Go's server.
+type frontServer struct {
+	s        *Server
+	mu       sync.Mutex
+	handoff  *handoffListener
+	conns    map[*frontConn]struct{}
+	lns      map[net.Listener]struct{}
+	shutdown atomic.Bool
+	active   sync.WaitGroup
+	// handoffs counts connections handed to Go's server (for tests).
+	handoffs  atomic.Int64
+	dateCache atomic.Pointer[cachedDate]
+}
+
+// serve accepts connections on ln until the server stops.
+func (f *frontServer) serve(ln net.Listener) error {
+	f.mu.Lock()
+	if f.shutdown.Load() {
+		f.mu.Unlock()
+		_ = ln.Close()
+		return ErrServerClosed
+	}
+	if f.handoff == nil {
+		f.conns = map[*frontConn]struct{}{}
+		f.lns = map[net.Listener]struct{}{}
+		f.handoff = &handoffListener{addr: ln.Addr(), conns: make(chan net.Conn), done: make(chan struct{})}
+		go func() { _ = f.s.HTTP.Serve(f.handoff) }()
+	}
+	f.lns[ln] = struct{}{}
+	f.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if f.shutdown.Load() {
+				return ErrServerClosed
+			}
+			// Out of file descriptors and the like: wait and go on, as
+			// Go's server does.
+			if ne, ok := err.(net.Error); ok && ne.Temporary() { //nolint:staticcheck // what net/http checks too
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				f.s.Proxy.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("delay", delay))
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		fc := frontConns.Get().(*frontConn)
+		fc.f, fc.w = f, &teWatch{Conn: c}
+		f.mu.Lock()
+		if f.shutdown.Load() {
+			f.mu.Unlock()
+			_ = c.Close()
+			frontConns.Put(fc)
+			return ErrServerClosed
+		}
+		f.conns[fc] = struct{}{}
+		f.active.Add(1)
+		f.mu.Unlock()
+		if m := f.s.Metrics; m != nil {
+			m.openConns.Inc()
+		}
+		go fc.serve()
+	}
+}
+
+// stop marks the front as shutting down, closes its listeners and wakes
+// its idle connections so that they close.
+func (f *frontServer) stop() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.shutdown.Store(true)
+	for ln := range f.lns {
+		_ = ln.Close()
+	}
+	for fc := range f.conns {
+		if fc.state.CompareAndSwap(stateIdle, stateClosing) {
+			_ = fc.w.SetReadDeadline(aLongTimeAgo)
+		}
+	}
+	if f.handoff != nil {
+		f.handoff.close()
+	}
+}
+
+// wait waits for the connections the front still serves.
+func (f *frontServer) wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		f.active.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// closeAll closes every connection the front serves.
+func (f *frontServer) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for fc := range f.conns {
+		_ = fc.w.Close()
+	}
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// handoffListener gives Go's server the connections the front hands over.
+type handoffListener struct {
+	addr  net.Addr
+	conns chan net.Conn
+	once  sync.Once
+	done  chan struct{}
+}
+
+func (l *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoffListener) Close() error { l.close(); return nil }
+
+func (l *handoffListener) close() { l.once.Do(func() { close(l.done) }) }
+
+func (l *handoffListener) Addr() net.Addr { return l.addr }
+
+// deliver passes c to Go's server, or closes it if that has stopped.
+func (l *handoffListener) deliver(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		_ = c.Close()
+	}
+}
+
+// replayConn is a handed-over connection: it first returns the bytes the
+// front had already read.
+type replayConn struct {
+	*teWatch
+	buf []byte
+	// headBy, if set, is when the head that was arriving at the hand-over
+	// must be complete: the server's first read deadline does not go past
+	// it, so that the hand-over does not restart ReadHeaderTimeout.
+	headBy time.Time
+}
+
+func (c *replayConn) SetReadDeadline(t time.Time) error {
+	if !c.headBy.IsZero() {
+		if t.IsZero() || t.After(c.headBy) {
+			t = c.headBy
+		}
+		c.headBy = time.Time{}
+	}
+	return c.teWatch.SetReadDeadline(t)
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.buf) > 0 {
+		n := copy(p, c.buf)
+		c.buf = c.buf[n:]
+		return n, nil
+	}
+	return c.teWatch.Read(p)
+}
+
+// frontConn is one client connection the front serves.
+type frontConn struct {
+	f      *frontServer
+	w      *teWatch
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	bwSet  bool
+	remote string
+	state  atomic.Int32
+	req    h1.Request
+	// head is the request head being served, copied out of br.
+	head []byte
+	// headBy is when the head being read must be complete.
+	headBy time.Time
+	// idleArmed is when the idle deadline now set was armed (zero:
+	// another deadline is set).
+	idleArmed time.Time
+	// checked is set once alive has changed the read deadline.
+	checked bool
+}
+
+// frontConns are reused: each holds two 4 KiB buffers and room for a
+// head's headers, which a connection per request would otherwise
+// allocate every time.
+var frontConns = sync.Pool{New: func() any {
+	return &frontConn{br: bufio.NewReaderSize(nil, frontBufSize), bw: bufio.NewWriterSize(nil, frontBufSize)}
+}}
+
+func (fc *frontConn) release() {
+	fc.br.Reset(nil)
+	fc.bw.Reset(nil)
+	fc.bwSet = false
+	fc.f, fc.w, fc.remote = nil, nil, ""
+	fc.state.Store(stateIdle)
+	fc.req = h1.Request{}
+	fc.head, fc.headBy, fc.idleArmed, fc.checked = fc.head[:0], time.Time{}, time.Time{}, false
+	frontConns.Put(fc)
+}
+
+func (fc *frontConn) serve() {
+	f := fc.f
+	handed := false
+	defer func() {
+		if !handed {
+			_ = fc.w.Close()
+			if m := f.s.Metrics; m != nil {
+				m.openConns.Dec()
+			}
+		}
+		f.mu.Lock()
+		delete(f.conns, fc)
+		f.mu.Unlock()
+		f.active.Done()
+		fc.release()
+	}()
+	fc.remote = fc.w.RemoteAddr().String()
+	fc.br.Reset(fc.w)
+	hdrTimeout := f.s.HTTP.ReadHeaderTimeout
+	idleTimeout := f.s.HTTP.IdleTimeout
+	if idleTimeout == 0 {
+		idleTimeout = hdrTimeout
+	}
+	for first := true; ; first = false {
+		fc.headBy = time.Time{}
+		if t := idleTimeout; !first && t > 0 {
+			// Re-armed at most once a second: a busy connection would
+			// otherwise pay for a timer update per request.
+			now := time.Now()
+			if now.Sub(fc.idleArmed) > min(time.Second, t/2) {
+				_ = fc.w.SetReadDeadline(now.Add(t))
+				fc.idleArmed = now
+			}
+		} else if first && hdrTimeout > 0 {
+			fc.headBy = time.Now().Add(hdrTimeout)
+			_ = fc.w.SetReadDeadline(fc.headBy)
+		} else if fc.checked {
+			_ = fc.w.SetReadDeadline(time.Time{})
+		}
+		fc.checked = false
+		if fc.state.Load() == stateClosing {
+			return
+		}
+		if _, err := fc.br.Peek(1); err != nil {
+			return
+		}
+		if !fc.state.CompareAndSwap(stateIdle, stateActive) {
+			return // shutting down
+		}
+		n := fc.bufferedHead()
+		if n < 0 {
+			// The head is still arriving: give it ReadHeaderTimeout.
+			if !first && hdrTimeout > 0 {
+				fc.headBy = time.Now().Add(hdrTimeout)
+				_ = fc.w.SetReadDeadline(fc.headBy)
+				fc.idleArmed = time.Time{}
+			}
+			var err error
+			if n, err = readHead(fc.br); err != nil {
+				return // the client went away or was too slow: as Go's server, just close
+			}
+		}
+		keep, take := fc.handle(n)
+		if !take {
+			handed = true
+			fc.handOver()
+			return
+		}
+		fc.state.Store(stateIdle)
+		if !keep || f.shutdown.Load() {
+			return
+		}
+	}
+}
+
+func (fc *frontConn) bufferedHead() int {
+	buf, _ := fc.br.Peek(fc.br.Buffered())
+	return h1.HeadLen(buf)
+}
+
+// readHead waits until a whole head is buffered in br and returns its
+// length, or 0 if it is left to Go's reader (too long, bare LFs).
+func readHead(br *bufio.Reader) (int, error) {
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		if n := h1.HeadLen(buf); n >= 0 {
+			return n, nil
+		}
+		if len(buf) == br.Size() {
+			return 0, nil
+		}
+		if _, err := br.Peek(len(buf) + 1); err != nil {
+			if len(buf) > 0 && !isTimeout(err) && errors.Is(err, io.EOF) {
+				return 0, nil // a partial head: Go's server says what is wrong with it
+			}
+			return 0, err
+		}
+	}
+}
+
+// handOver passes the connection and what was read of it to Go's server.
+func (fc *frontConn) handOver() {
+	f := fc.f
+	f.handoffs.Add(1)
+	if m := f.s.Metrics; m != nil {
+		m.openConns.Dec() // the server's ConnState counts it from here
+	}
+	buffered, _ := fc.br.Peek(fc.br.Buffered())
+	f.handoff.deliver(&replayConn{teWatch: fc.w, buf: bytes.Clone(buffered), headBy: fc.headBy})
+}
+
+// handle serves the request whose head is the first n buffered bytes.
+// take is false if the request is left to Go's server (nothing has been
+// read or written for it yet); keep is false if the connection must
+// close.
+func (fc *frontConn) handle(n int) (keep, take bool) {
+	if n == 0 {
+		return false, false
+	}
+	p := fc.f.s.Proxy
+	var ex *exchange
+	defer func() {
+		// As on Go's path: 500, a stack in the log, an access line, and
+		// the process goes on.
+		if v := recover(); v != nil {
+			if ex == nil {
+				ex = &exchange{start: time.Now()}
+			}
+			perr := p.panicked(v, ex, fc.req.Method)
+			ex.status = perr.status
+			if !ex.wrote {
+				_ = fc.writeError(perr, true)
+			}
+			p.logExchange(ex, fc.req.Method, "", fc.remote, fc.req.Path)
+			keep, take = false, true
+		}
+	}()
+	// The head is parsed from a copy, so that the read buffer is free to
+	// watch the client while the upstream thinks.
+	head, _ := fc.br.Peek(n)
+	fc.head = append(fc.head[:0], head...)
+	r := &fc.req
+	if !r.Parse(fc.head, h1.Options{Gateway: p.gwTarget.host != "", Strip: p.strip}) || (r.Via && p.via != "") {
+		return false, false
+	}
+	// An exchange of its own per request: http.Transport may still use
+	// its trace from a dial it started for this request after the
+	// request is done.
+	ex = &exchange{start: time.Now(), gateway: r.Gateway, watch: fc.w}
+	var tg target
+	e := entryForward
+	if r.Gateway {
+		tg, e = p.gwTarget, entryGateway
+	} else {
+		host, port, _ := h1.Authority(r.Authority)
+		tg = newTarget(NormalizeHost(string(host)), string(port))
+	}
+	if len(p.clients) > 0 {
+		if len(r.Creds) == 0 {
+			return false, false // 407 from Go's path
+		}
+		name, ok := p.clients.authenticateValue(string(r.Creds))
+		if !ok {
+			return false, false
+		}
+		ex.client = name
+	}
+	route, perr := p.decide(ex, e, tg.host, tg.port)
+	if perr != nil {
+		return false, false // Go's path answers the refusal
+	}
+	ex.closeAfter = r.Close || fc.w.seen.Load()
+	if ce := p.log.Check(zap.DebugLevel, "forwarding"); ce != nil {
+		ce.Write(zap.String("method", r.Method), zap.String("upstream", tg.hostHeader), zap.ByteString("path", r.Path),
+			zap.String("route", route.name), zap.Bool("gateway", ex.gateway))
+	}
+	_, _ = fc.br.Discard(n)
+	keep = fc.forward(route, r, &tg, ex)
+	p.logExchange(ex, r.Method, "", fc.remote, r.Path)
+	return keep, true
+}
+
+// target is where an absolute-form authority (or the gateway upstream)
+// leads.
+type target struct {
+	host, port string // normalized; port 80 (or none) already mapped to 443
+	hostport   string // host:port, the pool key
+	hostHeader string // the Host header sent upstream
+}
+
+func newTarget(host, port string) target {
+	if port == "" || port == "80" {
+		port = "443"
+	}
+	hp := net.JoinHostPort(host, port)
+	return target{host: host, port: port, hostport: hp, hostHeader: stripDefaultPort(hp, "443")}
+}
+
+// gatewayTarget is where origin-form requests go when the front may take
+// them itself: an upstream URL without a base path or query.
+func gatewayTarget(u *url.URL) target {
+	if u == nil || (u.Path != "" && u.Path != "/") || u.RawPath != "" || u.RawQuery != "" || u.User != nil {
+		return target{}
+	}
+	return newTarget(NormalizeHost(u.Hostname()), u.Port())
+}
+
+// upstreamRequest builds the request the reference path would send:
+// canonical header names, the same headers removed and added.
+func upstreamRequest(r *h1.Request, tg *target, via string) (*http.Request, error) {
+	u, err := url.ParseRequestURI(r.URIPre + string(r.URI))
+	if err != nil {
+		return nil, err
+	}
+	u.Scheme, u.Host = "https", tg.hostHeader
+	h := make(http.Header, len(r.Headers)+2)
+	for _, hd := range r.Headers {
+		h.Add(string(hd.Name), string(hd.Value))
+	}
+	if r.HasUA && len(h["User-Agent"]) == 0 {
+		h["User-Agent"] = []string{""} // sent empty by the client: send none
+	}
+	if via != "" {
+		h.Set("Via", via)
+	}
+	return &http.Request{Method: r.Method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Host: tg.hostHeader}, nil
+}
+
+// forward sends the request over the route and copies the answer to the
+// client; it reports whether the connection is still usable.
+func (fc *frontConn) forward(route *Route, r *h1.Request, tg *target, ex *exchange) (keep bool) {
+	p := fc.f.s.Proxy
+	req, err := upstreamRequest(r, tg, p.via)
+	if err != nil {
+		perr := badRequest("bad request target: %v", err)
+		ex.fail(perr, nil)
+		ex.status = perr.status
+		_ = fc.writeError(perr, true)
+		return false
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req = req.WithContext(ctx)
+	// While the upstream thinks, check now and then that the client is
+	// still there, as Go's server's read ahead would.
+	var mu sync.Mutex
+	waiting := true
+	var check *time.Timer
+	mu.Lock() // the callback reads check
+	check = time.AfterFunc(clientCheckInterval, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !waiting {
+			return
+		}
+		if !fc.alive() {
+			cancel()
+			return
+		}
+		check.Reset(clientCheckInterval)
+	})
+	mu.Unlock()
+	resp, err, perr := fc.roundTrip(route, req, ex)
+	mu.Lock()
+	waiting = false
+	check.Stop()
+	mu.Unlock()
+	closeAfter := ex.closeAfter || fc.f.shutdown.Load()
+	if err != nil {
+		perr = classifyUpstreamError(err, ex.host)
+		ex.fail(perr, err)
+	}
+	if perr != nil {
+		ex.status = perr.status
+		return fc.writeError(perr, closeAfter) && !closeAfter
+	}
+	return fc.writeResponse(resp, ex, r.Method == http.MethodHead, closeAfter, p.via) && !closeAfter
+}
+
+// roundTrip sends req over the route; a panic is answered as on Go's
+// path (perr).
+func (fc *frontConn) roundTrip(route *Route, req *http.Request, ex *exchange) (resp *http.Response, err error, perr *proxyError) {
+	defer func() {
+		if v := recover(); v != nil {
+			resp, err, perr = nil, nil, fc.f.s.Proxy.panicked(v, ex, req.Method)
+		}
+	}()
+	fc.f.s.Proxy.hook("roundtrip")
+	resp, err = route.send(req, ex)
+	return resp, err, nil
+}
+
+// alive reports whether the client is still connected while its request
+// waits for the upstream: a read that waits at most a millisecond tells
+// a closed connection from a quiet one. Bytes it reads (a pipelined
+// request) stay buffered for later.
+func (fc *frontConn) alive() bool {
+	if fc.br.Buffered() > 0 {
+		return true
+	}
+	fc.idleArmed, fc.checked = time.Time{}, true
+	_ = fc.w.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := fc.br.Peek(1)
+	return err == nil || isTimeout(err)
+}
+
+func (fc *frontConn) writer() *bufio.Writer {
+	if !fc.bwSet {
+		fc.bw.Reset(fc.w)
+		fc.bwSet = true
+	}
+	return fc.bw
+}
+
+// writeError answers with perr, rendered as everywhere else; it reports
+// whether the connection is still usable.
+func (fc *frontConn) writeError(perr *proxyError, closeAfter bool) bool {
+	body := perr.body()
+	h := make(http.Header, 6)
+	perr.setHeaders(h, len(body))
+	h["Date"] = []string{fc.f.date()}
+	if closeAfter {
+		h["Connection"] = []string{"close"}
+	}
+	bw := fc.writer()
+	h1.WriteStatusLine(bw, perr.status)
+	for k, vs := range h {
+		h1.WriteHeader(bw, k, vs)
+	}
+	bw.WriteString("\r\n")
+	bw.WriteString(body)
+	return bw.Flush() == nil
+}
+
+// writeResponse copies resp to the client as Go's server would write the
+// reference path's answer, flushing after every read that does not end
+// the body, so that streamed responses flow. The head waits for the
+// first byte of the body, so that a body that fails at once is answered
+// with an error instead. It reports whether the connection is still
+// usable.
+func (fc *frontConn) writeResponse(resp *http.Response, ex *exchange, isHead, closeAfter bool, via string) bool {
+	fc.f.s.Proxy.hook("response")
+	ex.status = resp.StatusCode
+	if resp.TLS != nil {
+		ex.tlsVersion = resp.TLS.Version
+	}
+	removeHopHeaders(resp.Header, false)
+	if via != "" {
+		addVia(resp.Header, resp.ProtoMajor, resp.ProtoMinor, via)
+	}
+	code := resp.StatusCode
+	bodyless := isHead || code == http.StatusNoContent || code == http.StatusNotModified
+	chunked := !bodyless && resp.ContentLength < 0
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var n int
+	var rerr error
+	if !bodyless && resp.ContentLength != 0 {
+		n, rerr = resp.Body.Read(buf)
+		if n == 0 && rerr != nil && rerr != io.EOF {
+			_ = resp.Body.Close()
+			perr := &proxyError{status: http.StatusBadGateway, code: CodeUpstreamConnect,
+				msg: "upstream " + ex.host + ": invalid response body", cause: rerr}
+			ex.fail(perr, rerr)
+			ex.status = perr.status
+			_ = fc.writeError(perr, true)
+			return false
+		}
+	}
+	bw := fc.writer()
+	ex.wrote = true
+	h1.WriteStatusLine(bw, code)
+	for k, vs := range resp.Header {
+		if k == "Content-Length" && (!bodyless || code == http.StatusNoContent) {
+			continue
+		}
+		if k == "Connection" || k == "Transfer-Encoding" {
+			continue
+		}
+		h1.WriteHeader(bw, k, vs)
+	}
+	if _, ok := resp.Header["Date"]; !ok {
+		bw.WriteString("Date: ")
+		bw.WriteString(fc.f.date())
+		bw.WriteString("\r\n")
+	}
+	switch {
+	case chunked:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	case !bodyless:
+		var b [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(b[:0], resp.ContentLength, 10))
+		bw.WriteString("\r\n")
+	}
+	if closeAfter {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	if bodyless || resp.ContentLength == 0 {
+		_ = resp.Body.Close()
+		return bw.Flush() == nil
+	}
+	for {
+		if n > 0 {
+			ex.bytesOut += int64(n)
+			if chunked {
+				var b [16]byte
+				bw.Write(strconv.AppendInt(b[:0], int64(n), 16))
+				bw.WriteString("\r\n")
+			}
+			_, werr := bw.Write(buf[:n])
+			if chunked {
+				bw.WriteString("\r\n")
+			}
+			if werr != nil {
+				_ = resp.Body.Close()
+				return false
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			// The upstream broke off: the client sees a short body and a
+			// closed connection, as it would from the upstream itself.
+			_ = resp.Body.Close()
+			_ = bw.Flush()
+			ex.detail = "upstream body: " + rerr.Error()
+			return false
+		}
+		// More is to come, and the next read may wait for the upstream:
+		// send what there is. (Go's body readers return the last bytes
+		// together with io.EOF when the end is already buffered, so a
+		// small response still goes out in one write.)
+		if n > 0 && bw.Flush() != nil {
+			_ = resp.Body.Close()
+			return false
+		}
+		n, rerr = resp.Body.Read(buf)
+	}
+	_ = resp.Body.Close()
+	if chunked {
+		bw.WriteString("0\r\n")
+		// Trailers are known once the body has been read.
+		for k, vs := range resp.Trailer {
+			h1.WriteHeader(bw, k, vs)
+		}
+		bw.WriteString("\r\n")
+	}
+	return bw.Flush() == nil
+}
+
+type cachedDate struct {
+	unix int64
+	text string
+}
+
+// date is the current time in the format of the Date header, as Go's
+// server writes it; it is formatted once a second.
+func (f *frontServer) date() string {
+	now := time.Now()
+	if d := f.dateCache.Load(); d != nil && d.unix == now.Unix() {
+		return d.text
+	}
+	d := &cachedDate{unix: now.Unix(), text: now.UTC().Format(http.TimeFormat)}
+	f.dateCache.Store(d)
+	return d.text
+}
