@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -302,4 +303,44 @@ func FuzzTEWatch(f *testing.F) {
 			t.Fatalf("net/http read a Transfer-Encoding request the watch did not see: %q", b)
 		}
 	})
+}
+
+// TestFrontTakesSimpleRequests: with the accelerator on, plain GETs and
+// HEADs on a connection are the front's (nothing is handed to Go's
+// server), and the first request it does not take hands the connection
+// over with nothing lost; the parity tests would otherwise compare the
+// reference with itself.
+func TestFrontTakesSimpleRequests(t *testing.T) {
+	if !testFastPath {
+		t.Skip("MTLSPROXY_TEST_FAST_PATH=0: no front")
+	}
+	env := advNewEnv(t, nil)
+	h := env.host
+	c := advDial(t, env.fAddr)
+	for i, m := range []string{"GET", "HEAD", "GET"} {
+		c.send(advGet(m, h, fmt.Sprintf("/simple%d", i)))
+		if resp, _, _ := c.final(m); resp.StatusCode != 200 {
+			t.Fatalf("%s /simple%d: %d", m, i, resp.StatusCode)
+		}
+	}
+	if n := env.front.front.handoffs.Load(); n != 0 {
+		t.Fatalf("%d connections handed over after simple requests; want 0", n)
+	}
+	c.send("POST http://" + h + "/body HTTP/1.1\r\nHost: " + h + "\r\nContent-Length: 4\r\n\r\nbody" + advGet("GET", h, "/after"))
+	if resp, body, _ := c.final("POST"); resp.StatusCode != 200 || body != "POST /body" {
+		t.Fatalf("POST after simple requests: %d %q", resp.StatusCode, body)
+	}
+	if resp, body, _ := c.final("GET"); resp.StatusCode != 200 || body != "GET /after" {
+		t.Fatalf("GET after the hand-over: %d %q", resp.StatusCode, body)
+	}
+	if n := env.front.front.handoffs.Load(); n != 1 {
+		t.Errorf("%d connections handed over; want 1", n)
+	}
+	var got []string
+	for _, r := range env.up.seen() {
+		got = append(got, r.Method+" "+r.URI)
+	}
+	if want := []string{"GET /simple0", "HEAD /simple1", "GET /simple2", "POST /body", "GET /after"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("upstream saw %q; want %q", got, want)
+	}
 }
