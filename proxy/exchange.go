@@ -222,9 +222,14 @@ func (w *recorder) WriteHeader(code int) {
 	w.pending = code
 }
 
-// commit passes a held status on.
+// commit passes a held status on. An answer without a Content-Type
+// keeps none: Go's server would sniff one from the body, and a proxy does
+// not invent what the upstream did not say.
 func (w *recorder) commit() {
 	if w.pending != 0 {
+		if h := w.w.Header(); h["Content-Type"] == nil {
+			h["Content-Type"] = nil
+		}
 		w.w.WriteHeader(w.pending)
 		w.pending = 0
 	}

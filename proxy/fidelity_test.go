@@ -1096,7 +1096,14 @@ func TestFidPooledDefaultPort(t *testing.T) {
 						t.Fatalf("request %d: %d %q; want 200 %q", i, resp.StatusCode, got, want)
 					}
 				}
-				if c, want := up.conns.Load(), int64(1); c != want {
+				// With the accelerator on, the first bodiless request
+				// learns that the upstream takes h2 on a connection that is
+				// then closed: one more.
+				want := int64(1)
+				if m.h2 && method != http.MethodPost && testFastPath {
+					want = 2
+				}
+				if c := up.conns.Load(); c != want {
 					t.Errorf("%d sequential %s requests to the default port opened %d upstream connections; want %d (pooled)", n, method, c, want)
 				}
 			})

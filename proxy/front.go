@@ -42,7 +42,12 @@ import (
 const frontBufSize = 4 << 10
 
 const (
+	// stateIdle: waiting for the first byte of a request.
 	stateIdle int32 = iota
+	// stateHead: a request head is arriving. Like idle, Shutdown closes
+	// the connection then (as Go's server does before a whole head).
+	stateHead
+	// stateActive: a request is being served; Shutdown lets it finish.
 	stateActive
 	stateClosing
 )
@@ -130,7 +135,7 @@ func (f *frontServer) stop() {
 		_ = ln.Close()
 	}
 	for fc := range f.conns {
-		if fc.state.CompareAndSwap(stateIdle, stateClosing) {
+		if fc.state.CompareAndSwap(stateIdle, stateClosing) || fc.state.CompareAndSwap(stateHead, stateClosing) {
 			_ = fc.w.SetReadDeadline(aLongTimeAgo)
 		}
 	}
@@ -287,7 +292,7 @@ func (fc *frontConn) serve() {
 	hdrTimeout := f.s.HTTP.ReadHeaderTimeout
 	idleTimeout := f.s.HTTP.IdleTimeout
 	if idleTimeout == 0 {
-		idleTimeout = hdrTimeout
+		idleTimeout = f.s.HTTP.ReadTimeout // as Go's server
 	}
 	for first := true; ; first = false {
 		fc.headBy = time.Time{}
@@ -312,7 +317,7 @@ func (fc *frontConn) serve() {
 		if _, err := fc.br.Peek(1); err != nil {
 			return
 		}
-		if !fc.state.CompareAndSwap(stateIdle, stateActive) {
+		if !fc.state.CompareAndSwap(stateIdle, stateHead) {
 			return // shutting down
 		}
 		n := fc.bufferedHead()
@@ -325,8 +330,11 @@ func (fc *frontConn) serve() {
 			}
 			var err error
 			if n, err = readHead(fc.br); err != nil {
-				return // the client went away or was too slow: as Go's server, just close
+				return // the client went away, was too slow, or Shutdown closed it: as Go's server, just close
 			}
+		}
+		if !fc.state.CompareAndSwap(stateHead, stateActive) {
+			return // shutting down
 		}
 		keep, take := fc.handle(n)
 		if !take {
@@ -421,7 +429,7 @@ func (fc *frontConn) handle(n int) (keep, take bool) {
 		tg, e = p.gwTarget, entryGateway
 	} else {
 		host, port, _ := h1.Authority(r.Authority)
-		tg = newTarget(NormalizeHost(string(host)), string(port))
+		tg = newTarget(NormalizeHost(string(host)), string(port), true)
 	}
 	if len(p.clients) > 0 {
 		if len(r.Creds) == 0 {
@@ -456,8 +464,10 @@ type target struct {
 	hostHeader string // the Host header sent upstream
 }
 
-func newTarget(host, port string) target {
-	if port == "" || port == "80" {
+// newTarget is host:port as a target; an empty port is 443, and so is
+// port 80 of an http:// authority (fromHTTP).
+func newTarget(host, port string, fromHTTP bool) target {
+	if port == "" || (fromHTTP && port == "80") {
 		port = "443"
 	}
 	hp := net.JoinHostPort(host, port)
@@ -470,7 +480,7 @@ func gatewayTarget(u *url.URL) target {
 	if u == nil || (u.Path != "" && u.Path != "/") || u.RawPath != "" || u.RawQuery != "" || u.User != nil {
 		return target{}
 	}
-	return newTarget(NormalizeHost(u.Hostname()), u.Port())
+	return newTarget(NormalizeHost(u.Hostname()), u.Port(), false)
 }
 
 // upstreamRequest builds the request the reference path would send:
@@ -481,13 +491,7 @@ func upstreamRequest(r *h1.Request, tg *target, via string) (*http.Request, erro
 		return nil, err
 	}
 	u.Scheme, u.Host = "https", tg.hostHeader
-	h := make(http.Header, len(r.Headers)+2)
-	for _, hd := range r.Headers {
-		h.Add(string(hd.Name), string(hd.Value))
-	}
-	if r.HasUA && len(h["User-Agent"]) == 0 {
-		h["User-Agent"] = []string{""} // sent empty by the client: send none
-	}
+	h := r.Header()
 	if via != "" {
 		h.Set("Via", via)
 	}
@@ -529,11 +533,17 @@ func (fc *frontConn) forward(route *Route, r *h1.Request, tg *target, ex *exchan
 		check.Reset(clientCheckInterval)
 	})
 	mu.Unlock()
+	// The watch goes on while the body is copied: a client that leaves
+	// during a long poll or a slow body cancels the upstream request, as
+	// on Go's path. Only the timer's goroutine reads from the client
+	// meanwhile.
+	defer func() {
+		mu.Lock()
+		waiting = false
+		check.Stop()
+		mu.Unlock()
+	}()
 	resp, err, perr := fc.roundTrip(route, req, ex)
-	mu.Lock()
-	waiting = false
-	check.Stop()
-	mu.Unlock()
 	closeAfter := ex.closeAfter || fc.f.shutdown.Load()
 	if err != nil {
 		perr = classifyUpstreamError(err, ex.host)

@@ -116,8 +116,6 @@ type Route struct {
 	metrics  *routeMetrics
 	maxIdle  int
 	fastPath bool
-	// spare is a connection the accelerator handed off, if any.
-	spare atomic.Pointer[handedOff]
 }
 
 // newFast is the route's accelerator, or nil when it is off or cannot
@@ -134,7 +132,6 @@ func (r *Route) newFast() *fast.Client {
 		ResponseHeaderTimeout: r.timeouts.ResponseHeader,
 		IdleTimeout:           r.timeouts.IdleConn,
 		MaxIdlePerHost:        r.maxIdle,
-		HandOff:               r.handOff,
 	}
 	if !r.fastPath || !c.Usable() {
 		return nil
@@ -310,12 +307,7 @@ func (r *Route) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // CloseIdleConnections closes pooled upstream connections that are idle.
-func (r *Route) CloseIdleConnections() {
-	if h := r.spare.Swap(nil); h != nil {
-		_ = h.conn.Close()
-	}
-	r.conns.Load().closeIdle(false)
-}
+func (r *Route) CloseIdleConnections() { r.conns.Load().closeIdle(false) }
 
 func (r *Route) match(host, port string) bool {
 	for _, p := range r.hosts {
@@ -381,31 +373,9 @@ func (r *Route) send(req *http.Request, ex *exchange) (*http.Response, error) {
 var errUnaskedSwitch = errors.New("upstream switched protocols, which the request did not ask for")
 
 // dialTLS connects and does the upstream TLS handshake, bounded by the
-// TLS handshake timeout; a connection the accelerator handed off (the
-// upstream chose HTTP/2 on it) is used first.
+// TLS handshake timeout.
 func (r *Route) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
-	if h := r.spare.Swap(nil); h != nil {
-		if h.addr == addr {
-			return h.conn, nil
-		}
-		_ = h.conn.Close()
-	}
 	return r.handshake(ctx, network, addr, r.tlsConfig.Load())
-}
-
-// handedOff is a handshaken connection waiting for http.Transport.
-type handedOff struct {
-	addr string
-	conn *tls.Conn
-}
-
-// handOff keeps c, dialed by the accelerator to an upstream that chose
-// HTTP/2, for the next dial of http.Transport.
-func (r *Route) handOff(addr string, c *tls.Conn) bool {
-	if old := r.spare.Swap(&handedOff{addr: addr, conn: c}); old != nil {
-		_ = old.conn.Close()
-	}
-	return true
 }
 
 // dialTLSH1 is dialTLS offering HTTP/1.1 only, for upgrades.

@@ -359,17 +359,9 @@ func advGet(method, host, path string, extra ...string) string {
 	return b.String()
 }
 
-// advFrontProbe is a header whose case on the upstream's wire tells which
-// path sent the request: the front copies names as they came, Go's
-// server canonicalizes them.
+// advFrontProbe is an extra header some requests carry; the upstream
+// must see it like any other.
 const advFrontProbe = "x-adv-path: probe"
-
-// advViaFront reports whether the request whose head starts with prefix
-// reached the upstream through the front (its probe header kept its case).
-func advViaFront(u *advUpstream, prefix string) bool {
-	h := u.rawHead(prefix)
-	return strings.Contains(h, "\r\n"+advFrontProbe+"\r\n")
-}
 
 // advEnv is a Proxy routed to a recording upstream, served by the front
 // and by Go's server alone.

@@ -48,10 +48,6 @@ type Client struct {
 	// MaxIdlePerHost bounds the idle connections per address. If zero,
 	// 512.
 	MaxIdlePerHost int
-	// HandOff, if set, is given the connection to an upstream that chose
-	// HTTP/2, so that its handshake is not wasted; it returns false if it
-	// did not take it.
-	HandOff func(addr string, c *tls.Conn) bool
 
 	h2 atomic.Bool
 
@@ -108,10 +104,10 @@ func (c *Client) RoundTrip(req *http.Request, addr string) (resp *http.Response,
 				return nil, false, err
 			}
 			if tc.ConnectionState().NegotiatedProtocol == "h2" {
+				// One handshake is spent learning it, once per client
+				// (a route's, until its next Refresh).
 				c.h2.Store(true)
-				if c.HandOff == nil || !c.HandOff(addr, tc) {
-					_ = tc.Close()
-				}
+				_ = tc.Close()
 				return nil, false, ErrHTTP2
 			}
 			st := tc.ConnectionState()

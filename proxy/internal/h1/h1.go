@@ -11,6 +11,7 @@ package h1
 import (
 	"bufio"
 	"bytes"
+	"net/http"
 	"strconv"
 
 	"golang.org/x/net/http/httpguts"
@@ -159,16 +160,25 @@ func (r *Request) Parse(head []byte, o Options) bool {
 			}
 			r.Creds = value
 			continue
+		case EqFold(name, "Close"):
+			// Named by "Connection: close", Go's path drops it as a
+			// hop-by-hop header; rare enough to leave to it.
+			return false
+		}
+		if stripped(name, o.Strip) {
+			continue // a stripped User-Agent is absent: Go sends its default
+		}
+		switch {
 		case EqFold(name, "Via"):
 			r.Via = true
 		case EqFold(name, "User-Agent"):
+			if r.HasUA {
+				return false // net/http sends the first of several
+			}
 			r.HasUA = true
 			if len(value) == 0 {
 				continue // an explicitly empty User-Agent means: send none
 			}
-		}
-		if stripped(name, o.Strip) {
-			continue
 		}
 		if len(r.Headers) == cap(r.Headers) {
 			return false
@@ -176,6 +186,27 @@ func (r *Request) Parse(head []byte, o Options) bool {
 		r.Headers = append(r.Headers, Header{name, value})
 	}
 	return hosts == 1 && len(rest) == 0
+}
+
+// Header is the forwarded headers as net/http's reader would give them:
+// canonical names, values in order, and "Pragma: no-cache" implying
+// "Cache-Control: no-cache" as http.ReadRequest makes it (RFC 9111
+// section 5.4). An explicitly empty User-Agent is kept empty, which
+// Request.Write sends as none.
+func (r *Request) Header() http.Header {
+	h := make(http.Header, len(r.Headers)+2)
+	for _, hd := range r.Headers {
+		h.Add(string(hd.Name), string(hd.Value))
+	}
+	if r.HasUA && len(h["User-Agent"]) == 0 {
+		h["User-Agent"] = []string{""}
+	}
+	if hp := h["Pragma"]; len(hp) > 0 && hp[0] == "no-cache" {
+		if _, ok := h["Cache-Control"]; !ok {
+			h["Cache-Control"] = []string{"no-cache"}
+		}
+	}
+	return h
 }
 
 // nextHeader reads the next header line of a head from *rest (after the
