@@ -1,3 +1,7 @@
+// This file is the harness's run from start to end (PKI, upstream, every
+// proxy's start-up and check, the interleaved rounds, clean-up); it is
+// over 600 lines so that one run reads top to bottom in one place.
+
 package main
 
 import (

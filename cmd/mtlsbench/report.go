@@ -1,3 +1,8 @@
+// This file is the harness's report (the summary, the markdown table, the
+// comparison lines, the JSON); it is over 600 lines because each output
+// is built from the same medians and is easier to keep consistent side by
+// side.
+
 package main
 
 import (
