@@ -30,10 +30,11 @@ import (
 	"time"
 )
 
-// ErrHTTP2 means the upstream chose HTTP/2 by ALPN: the request was not
-// sent, and this client sends nothing more; use a transport that speaks
-// HTTP/2.
-var ErrHTTP2 = errors.New("fast: upstream chose HTTP/2")
+// ErrHTTP2 means the request was not sent and should go to a transport
+// that speaks HTTP/2: the upstream chose HTTP/2 by ALPN (this client
+// sends nothing more then), or the first connection, which learns the
+// protocol, is still being made.
+var ErrHTTP2 = errors.New("fast: upstream chose HTTP/2, or its protocol is not known yet")
 
 // Client sends bodiless requests over persistent HTTP/1.1 connections.
 type Client struct {
@@ -50,6 +51,11 @@ type Client struct {
 	MaxIdlePerHost int
 
 	h2 atomic.Bool
+	// proto is what the first connection learned: protoUnknown until a
+	// dial completes, protoLearning while one is in progress (so that a
+	// burst of first requests does not dial a connection each, all of
+	// them wasted if the upstream speaks HTTP/2), then protoH1.
+	proto atomic.Int32
 
 	mu     sync.Mutex
 	idle   map[string][]*conn // most recently used last
@@ -65,6 +71,12 @@ type conn struct {
 	state  *tls.ConnectionState
 	idleAt time.Time
 }
+
+const (
+	protoUnknown int32 = iota
+	protoLearning
+	protoH1
+)
 
 // Eligible reports whether the client takes req: GET or HEAD, no body,
 // no Expect, no upgrade.
@@ -95,6 +107,18 @@ func (c *Client) RoundTrip(req *http.Request, addr string) (resp *http.Response,
 	if c.h2.Load() {
 		return nil, false, ErrHTTP2
 	}
+	learning := false
+	if p := c.proto.Load(); p != protoH1 {
+		if !c.proto.CompareAndSwap(protoUnknown, protoLearning) {
+			return nil, false, ErrHTTP2 // another request is learning it
+		}
+		learning = true
+		defer func() {
+			if c.proto.Load() == protoLearning {
+				c.proto.Store(protoUnknown) // the dial failed: try again later
+			}
+		}()
+	}
 	for attempt := 0; ; attempt++ {
 		pc := c.get(addr)
 		reused = pc != nil
@@ -102,6 +126,9 @@ func (c *Client) RoundTrip(req *http.Request, addr string) (resp *http.Response,
 			tc, err := c.Dial(req.Context(), addr)
 			if err != nil {
 				return nil, false, err
+			}
+			if learning && tc.ConnectionState().NegotiatedProtocol != "h2" {
+				c.proto.Store(protoH1)
 			}
 			if tc.ConnectionState().NegotiatedProtocol == "h2" {
 				// One handshake is spent learning it, once per client

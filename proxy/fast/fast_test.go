@@ -217,6 +217,11 @@ func TestRestartCostsNothing(t *testing.T) {
 	answer := func(req *http.Request, n int) (string, bool, string) { return echoed(req), true, "" }
 	up := newRawUpstream(t, set, answer)
 	c := newClient(t, set)
+	// The first request learns the protocol; until it has, concurrent
+	// ones are left to the other transport.
+	if _, _, _, err := get(t, c, up.addr, http.MethodGet, "/first"); err != nil {
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
 	for i := range 20 { // fill the pool with several connections
 		wg.Add(1)
@@ -318,6 +323,42 @@ func TestNotReusedUnlessReadToEnd(t *testing.T) {
 	}
 	if _, _, reused, err := get(t, c, up.addr, http.MethodGet, "/x"); err != nil || reused {
 		t.Errorf("after Connection: close: reused=%v %v; want a new connection", reused, err)
+	}
+}
+
+// TestColdBurstDialsOnce: while the first connection learns the
+// upstream's protocol, other first requests are left to the other
+// transport instead of dialing a connection each.
+func TestColdBurstDialsOnce(t *testing.T) {
+	set := pkitest.New(t)
+	up := newRawUpstream(t, set, func(req *http.Request, n int) (string, bool, string) {
+		time.Sleep(20 * time.Millisecond)
+		return echoed(req), true, ""
+	})
+	c := newClient(t, set)
+	var wg sync.WaitGroup
+	var sent, declined atomic.Int64
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, _, err := get(t, c, up.addr, http.MethodGet, fmt.Sprintf("/cold%d", i))
+			switch {
+			case errors.Is(err, ErrHTTP2):
+				declined.Add(1)
+			case err == nil:
+				sent.Add(1)
+			default:
+				t.Errorf("cold request: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := up.conns.Load(); n > sent.Load() || sent.Load()+declined.Load() != 10 || sent.Load() < 1 {
+		t.Errorf("%d connections for %d requests sent, %d left to the other transport", n, sent.Load(), declined.Load())
+	}
+	if _, _, reused, err := get(t, c, up.addr, http.MethodGet, "/warm"); err != nil || !reused {
+		t.Errorf("after the protocol is known: reused=%v %v; want the pooled connection", reused, err)
 	}
 }
 
