@@ -994,7 +994,17 @@ type corpusReqEnv struct {
 // corpusReqScript answers every request with its own tag (its path),
 // and hangs up after one whose framing it objects to.
 func corpusReqScript(r *testutil.UpRequest) testutil.Reply {
-	return testutil.Reply{Raw: corpusClean(r.Tag()), Close: r.Anomaly != ""}
+	if r.Anomaly != "" {
+		// The upstream closes the connection after such an answer, and
+		// says so, as a server must (RFC 9112 section 9.6): a server that
+		// closed without saying so would race the next request on the
+		// connection, and a POST lost that way is not resent by anyone.
+		body := "tag=" + r.Tag()
+		raw := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Tag: %s\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+			r.Tag(), len(body), body)
+		return testutil.Reply{Raw: []byte(raw), Close: true}
+	}
+	return testutil.Reply{Raw: corpusClean(r.Tag())}
 }
 
 // TestCorpusRequests sends each request case, then a sentinel GET with

@@ -1039,7 +1039,9 @@ func TestFidHTTP2Upstream(t *testing.T) {
 			// waiting request (golang/go#13957), but HTTP/2 requests must
 			// all be multiplexed on one of them.
 			cold := burst("cold")
-			coldConns := up.conns.Load()
+			// Dials the cold burst started may still be completing: count
+			// them once the number stops moving.
+			coldConns := fidSettled(&up.conns)
 			t.Logf("cold burst of %d: %d upstream TLS connections dialed, requests carried on %d", n, coldConns, len(cold.remotes))
 			if tc.http2 && len(cold.remotes) != 1 {
 				t.Errorf("cold: %d concurrent HTTP/2 requests were carried on %d connections; want 1 (multiplexed): %v", n, len(cold.remotes), cold.remotes)
@@ -1109,4 +1111,19 @@ func TestFidPooledDefaultPort(t *testing.T) {
 			})
 		}
 	}
+}
+
+// fidSettled returns n's value once it has not changed for 200 ms (at
+// most 5 s).
+func fidSettled(n *atomic.Int64) int64 {
+	v := n.Load()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		if w := n.Load(); w == v {
+			return v
+		} else {
+			v = w
+		}
+	}
+	return v
 }
