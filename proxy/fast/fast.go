@@ -171,8 +171,10 @@ func (c *Client) exchange(pc *conn, req *http.Request, addr string) (_ *http.Res
 		timeout = 60 * time.Second
 	}
 	ctx := req.Context()
-	stop := context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(aLongTimeAgo) })
+	// The deadline first: a cancellation that has already happened then
+	// overrides it, instead of the other way round.
 	_ = pc.tc.SetDeadline(time.Now().Add(timeout))
+	stop := context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(aLongTimeAgo) })
 	if err := req.Write(pc.bw); err != nil {
 		stop()
 		return nil, false, c.ctxErr(ctx, err)
@@ -196,13 +198,12 @@ func (c *Client) exchange(pc *conn, req *http.Request, addr string) (_ *http.Res
 			return nil, true, errors.New("fast: upstream switched protocols unasked")
 		}
 		if resp.StatusCode >= 200 {
-			_ = pc.tc.SetWriteDeadline(time.Time{})
 			if !stop() {
 				// The request was cancelled as the head arrived; the
 				// deadline may be spoiled either way.
 				return nil, true, c.ctxErr(ctx, context.Canceled)
 			}
-			_ = pc.tc.SetReadDeadline(time.Time{})
+			_ = pc.tc.SetDeadline(time.Time{}) // bodies have no time limit
 			resp.TLS = pc.state
 			b := &body{rc: resp.Body, c: c, pc: pc, addr: addr, resp: resp, cancel: context.AfterFunc(ctx, func() { _ = pc.tc.SetDeadline(aLongTimeAgo) })}
 			if resp.Body == http.NoBody {
@@ -308,16 +309,17 @@ func (c *Client) get(addr string) *conn {
 // the TLS connection's own buffers (a record already read holds more
 // than the response), then in the socket's.
 func alive(pc *conn) bool {
-	// With the deadline past, a read returns what the TLS connection
-	// holds already, and does not touch the socket.
+	// The socket first: its check needs the deadline a pooled connection
+	// has (none). Then, with the deadline past, a read returns what the
+	// TLS connection holds already, and does not touch the socket. The
+	// deadline stays past: the exchange that follows sets its own.
+	if !socketQuiet(pc.tc.NetConn()) {
+		return false
+	}
 	_ = pc.tc.SetReadDeadline(aLongTimeAgo)
 	_, err := pc.br.Peek(1)
-	_ = pc.tc.SetReadDeadline(time.Time{})
 	var ne interface{ Timeout() bool }
-	if !errors.As(err, &ne) || !ne.Timeout() {
-		return false // data or an error
-	}
-	return socketQuiet(pc.tc.NetConn())
+	return errors.As(err, &ne) && ne.Timeout() // else data or an error
 }
 
 func (c *Client) idleTimeout() time.Duration {
